@@ -1,0 +1,20 @@
+"""Frozen configuration dataclasses, passed explicitly; each round-trips through JSON.
+
+`core` holds data, model, train and predict settings; `augment` holds the augmentation settings.
+"""
+from medunet.config.augment import AUGMENT_PRESETS, AugmentConfig, augment_preset
+from medunet.config.core import (
+    MODEL_PRESETS,
+    DataConfig,
+    ModelConfig,
+    PredictConfig,
+    TrainConfig,
+    from_dict,
+    model_preset,
+    to_dict,
+)
+
+__all__ = [
+    "AUGMENT_PRESETS", "AugmentConfig", "augment_preset", "MODEL_PRESETS", "DataConfig",
+    "ModelConfig", "PredictConfig", "TrainConfig", "from_dict", "model_preset", "to_dict",
+]

@@ -1,0 +1,160 @@
+"""Data, model, train and predict settings as frozen dataclasses.
+
+Every value a run depends on lives here, so `config.json` and the checkpoint can rebuild it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
+
+from medunet.errors import ConfigError
+
+T = TypeVar("T")
+
+NORMALISATIONS = ("zscore", "minmax", "window", "percentile")
+CROPS = ("random", "center", "label_box")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How files become network input; the checkpoint carries it so prediction does the same."""
+
+    size: int = 256                      # training crop side in pixels
+    channels: int = 1                    # 1: colour images are averaged to grey; 3: RGB (grey repeated)
+    normalise: str = "zscore"            # zscore | minmax | window | percentile (per image)
+    window: tuple[float, float] | None = None      # LOW, HIGH for "window" (e.g. CT in HU)
+    percentiles: tuple[float, float] = (0.5, 99.5)  # clip points for "percentile"
+    crop: str = "random"                 # random | center | label_box: where training crops come from
+    crop_margin: int = 16                # pixels around the label's bounding box for "label_box"
+    foreground_share: float = 0.0        # share of training crops centred on a foreground pixel
+    label_mode: str = "auto"             # auto | binary | classes: how mask values are read
+    val_fraction: float = 0.1            # share of train/ held out when validation/ is absent
+
+    def __post_init__(self) -> None:
+        _check(self.size >= 16, f"--size must be at least 16, got {self.size}")
+        _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _check(self.normalise in NORMALISATIONS,
+               f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        _check(self.normalise != "window" or self.window is not None,
+               "--normalise window needs --window LOW,HIGH")
+        _check(self.window is None or self.window[0] < self.window[1],
+               f"--window LOW,HIGH needs LOW < HIGH, got {self.window}")
+        _check(self.crop in CROPS, f"--crop-mode must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        _check(0.0 <= self.foreground_share <= 1.0,
+               f"--foreground-share must be in [0, 1], got {self.foreground_share}")
+        _check(self.label_mode in ("auto", "binary", "classes"),
+               f"--label-mode must be auto, binary or classes, got {self.label_mode!r}")
+        _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net's shape. `depth` is the number of 2× downsamplings."""
+
+    in_channels: int = 1
+    out_channels: int = 1                # 1: one sigmoid channel; C > 1: softmax over C classes
+    base_width: int = 64
+    depth: int = 4
+    norm: str = "none"                   # none | batch | instance
+    dropout: float = 0.5
+    dropout_levels: int = 2              # dropout after this many of the deepest levels
+    upsample: str = "nearest"            # nearest | bilinear | transpose
+    head: str = "seed"                   # seed: 3×3 conv to 2 channels + ReLU, then 1×1; plain: 1×1
+
+    def __post_init__(self) -> None:
+        _check(self.in_channels >= 1 and self.out_channels >= 1, "channel counts must be positive")
+        _check(self.base_width >= 1, f"base width must be positive, got {self.base_width}")
+        _check(1 <= self.depth <= 7, f"depth must be between 1 and 7, got {self.depth}")
+        _check(self.norm in ("none", "batch", "instance"), f"unknown norm {self.norm!r}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(self.upsample in ("nearest", "bilinear", "transpose"), f"unknown upsample {self.upsample!r}")
+        _check(self.head in ("seed", "plain"), f"unknown head {self.head!r}")
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be a multiple of this (the model pads otherwise)."""
+        return 2 ** self.depth
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The Keras tutorial's network, layer for layer.
+    "seed": dict(base_width=64, depth=4, norm="none", dropout=0.5, upsample="nearest", head="seed"),
+    "standard": dict(base_width=64, depth=4, norm="batch", dropout=0.0, upsample="nearest", head="plain"),
+    # A sixteenth of the seed's FLOPs: what two CPU cores can train in minutes.
+    "small": dict(base_width=16, depth=4, norm="batch", dropout=0.0, upsample="nearest", head="plain"),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The preset's ModelConfig with `overrides` (e.g. channel counts) applied."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(MODEL_PRESETS)}, got {name!r}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: how long, how fast, on what."""
+
+    preset: str = "auto"                 # auto: small on CPU, standard on CUDA
+    epochs: int | None = None            # None with no time budget: 50 epochs
+    time_budget: float | None = None     # seconds; training stops before an epoch that would overrun
+    batch: int | None = None             # None: 8 on CPU, 32 on CUDA
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    samples_per_epoch: int | None = None  # None: the number of training images, at least 200
+    device: str = "auto"                 # auto | cpu | cuda
+    seed: int = 0
+    augment: str = "default"             # an augmentation preset name
+    deterministic: bool = False
+    workers: int = 0                     # CPU threads for torch; 0 = all
+
+    def __post_init__(self) -> None:
+        _check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _check(self.time_budget is None or self.time_budget > 0,
+               f"--time must be positive, got {self.time_budget}")
+        _check(self.batch is None or self.batch >= 1, f"--batch must be at least 1, got {self.batch}")
+        _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.preset in ("auto", *MODEL_PRESETS),
+               f"--preset must be auto or one of {', '.join(MODEL_PRESETS)}, got {self.preset!r}")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a trained model is applied to whole images."""
+
+    threshold: float | None = None       # None: the checkpoint's tuned value, else 0.5
+    crop: int | None = None              # centred N×N crop through the network, pasted back
+    batch: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.threshold is None or 0.0 < self.threshold < 1.0,
+               f"--threshold must be in (0, 1), got {self.threshold}")
+        _check(self.crop is None or self.crop >= 8, f"--crop must be at least 8, got {self.crop}")
+        _check(self.batch >= 1, f"--batch must be at least 1, got {self.batch}")
+        _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild `cls` from `to_dict` output; unknown keys are ignored, lists become tuples."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    return cls(**values)
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """A copy of `cfg` with `changes`; validation runs again."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

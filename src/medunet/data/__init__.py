@@ -1,0 +1,1 @@
+"""Datasets: pairing files, mask encodings, the RAM cache, the demo data."""

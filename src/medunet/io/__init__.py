@@ -1,0 +1,1 @@
+"""Reading and writing 2D images and masks."""

@@ -1,0 +1,1 @@
+"""Geometry, intensity normalisation and batch augmentation."""
