@@ -11,10 +11,11 @@ from medunet.config.core import (
     TrainConfig,
     from_dict,
     model_preset,
+    replace,
     to_dict,
 )
 
 __all__ = [
     "AUGMENT_PRESETS", "AugmentConfig", "augment_preset", "MODEL_PRESETS", "DataConfig",
-    "ModelConfig", "PredictConfig", "TrainConfig", "from_dict", "model_preset", "to_dict",
+    "ModelConfig", "PredictConfig", "TrainConfig", "from_dict", "model_preset", "replace", "to_dict",
 ]

@@ -1,0 +1,54 @@
+"""evaluate(): a run's Predictor on a labelled split → metrics.csv and summary.json."""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from medunet.api.outputs import staged_folder, write_json
+from medunet.data.cache import read_split
+from medunet.data.pairs import find_pairs
+from medunet.engine.predictor import Predictor
+from medunet.metrics import class_counts, image_metrics, summarise
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 16  # images decoded at a time: bounded memory for large folders
+
+
+def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, device: str = "auto",
+             threshold: float | None = None, overwrite: bool = False) -> dict:
+    """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
+
+    Returns the summary dict; writes `metrics.csv` and `summary.json` into `out`
+    (default `RUN/eval-<split name>`).
+    """
+    run, split_dir = Path(run), Path(split_dir)
+    predictor = Predictor.from_checkpoint(run, device, threshold=threshold)
+    pairs = find_pairs(split_dir)
+    out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
+    n_classes = predictor.encoding.n_classes
+    rows, all_counts = [], []
+    for start in range(0, len(pairs), CHUNK):
+        raw = read_split(pairs[start:start + CHUNK])
+        truths = [predictor.encoding.encode(lab.values, lab.path) for lab in raw.labels]
+        for pair, truth, probs in zip(raw.pairs, truths, predictor.probabilities(raw.images)):
+            pred = predictor.to_mask(probs)
+            rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes)})
+            all_counts.append(class_counts(truth, pred, n_classes))
+    summary = summarise(rows, all_counts, n_classes)
+    summary["threshold"] = predictor.threshold
+    with staged_folder(out, overwrite, "evaluation folder") as stage:
+        _write_rows(stage / "metrics.csv", rows)
+        write_json(stage / "summary.json", summary)
+    logger.info("evaluation written to %s", out)
+    summary["out"] = str(out)
+    return summary
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})

@@ -1,0 +1,100 @@
+"""train(): folders → decoded data → UNet → fit → a run folder."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medunet import __version__
+from medunet.api.outputs import check_free, clear, write_json
+from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, model_preset,
+                            replace, to_dict)
+from medunet.data.cache import RawSplit, build_cache, read_split
+from medunet.data.encoding import LabelEncoding, detect_encoding
+from medunet.data.pairs import dataset_splits, split_train_val, write_split
+from medunet.engine.device import resolve_device
+from medunet.engine.trainer import Job, fit
+from medunet.models.unet import UNet, count_parameters
+from medunet.transforms.intensity import is_colour
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The decoded train and validation splits and what was learnt from them."""
+
+    train: RawSplit
+    val: RawSplit
+    splits: dict
+    encoding: LabelEncoding
+    channels: int
+
+
+def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
+    """Pair, split and decode; every check that can fail on the user's data runs here, before any output."""
+    splits = dataset_splits(Path(data))
+    if "validation" in splits:
+        train_pairs, val_pairs = splits["train"], splits["validation"]
+    else:
+        train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed)
+    train, val = read_split(train_pairs), read_split(val_pairs)
+    encoding = detect_encoding(train.labels + val.labels, data_cfg.label_mode)
+    channels = 3 if any(is_colour(im) for im in train.images) else 1
+    record = {"train": train_pairs, "validation": val_pairs}
+    if "test" in splits:
+        record["test"] = splits["test"]
+    return Dataset(train, val, record, encoding, channels)
+
+
+def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
+          cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
+          overwrite: bool = False, progress: bool = True) -> Path:
+    """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder."""
+    data_cfg = data_cfg or DataConfig()
+    cfg = cfg or TrainConfig()
+    out = Path(out) if out is not None else _default_run(Path(data))
+    check_free(out, overwrite, "run folder")
+    device = resolve_device(cfg.device)
+    augment = augment or augment_preset(cfg.augment)
+    dataset = load_dataset(Path(data), data_cfg, cfg.seed)
+    data_cfg = replace(data_cfg, channels=dataset.channels)
+    preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
+    n = dataset.encoding.n_classes
+    model_cfg = model_preset(preset, in_channels=dataset.channels, out_channels=1 if n == 2 else n)
+    model = UNet(model_cfg)
+    batch = cfg.batch or (32 if device.type == "cuda" else 8)
+    logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
+                len(dataset.train.images), len(dataset.val.images), dataset.encoding.describe(),
+                dataset.channels)
+    logger.info("model: %s preset, %s parameters, on %s, batch %d", preset,
+                f"{count_parameters(model):,}", device, batch)
+    clear(out)
+    _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch)
+    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress)
+    train_cache = build_cache(dataset.train, data_cfg, dataset.encoding)
+    val_cache = build_cache(dataset.val, data_cfg, dataset.encoding)
+    state = fit(model, train_cache, val_cache, cfg, job)
+    logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
+                state.epoch, state.elapsed, state.best_dice, out)
+    return out
+
+
+def _default_run(data: Path) -> Path:
+    """runs/<dataset name>, or -2, -3 … so that no run is ever overwritten by default."""
+    base = Path("runs") / (data.resolve().name or "run")
+    candidate, k = base, 2
+    while candidate.exists():
+        candidate, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return candidate
+
+
+def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch) -> None:
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {
+        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": preset,
+        "batch": batch, "data": to_dict(data_cfg), "model": to_dict(model_cfg), "train": to_dict(cfg),
+        "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
+    })
+    write_split(out / "split.json", dataset.splits)

@@ -1,0 +1,64 @@
+"""Decode every file once into arrays in RAM; batches are cut from these arrays, never from files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medunet.config import DataConfig
+from medunet.data.encoding import LabelEncoding
+from medunet.data.pairs import Pair
+from medunet.errors import DataError
+from medunet.io.images import LabelFile, read_image, read_label
+from medunet.transforms.intensity import normalise
+
+
+@dataclass
+class RawSplit:
+    """Decoded files of one split: images as stored (`(H, W)` or `(H, W, 3)`) and raw labels."""
+
+    pairs: list[Pair]
+    images: list[np.ndarray]
+    labels: list[LabelFile]
+
+
+@dataclass
+class Cache:
+    """Network-ready arrays of one split: `images[i]` float32 `(C, H, W)`, `labels[i]` uint8 `(H, W)`."""
+
+    stems: list[str]
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    _foreground: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def foreground(self, i: int) -> np.ndarray:
+        """Flat indices of foreground pixels of image i (computed once, for foreground sampling)."""
+        if i not in self._foreground:
+            self._foreground[i] = np.flatnonzero(self.labels[i])
+        return self._foreground[i]
+
+
+def read_split(pairs: list[Pair]) -> RawSplit:
+    """Read every image and label of a split once; a size mismatch names both files."""
+    images, labels = [], []
+    for pair in pairs:
+        image = read_image(pair.image)
+        label = read_label(pair.label)  # type: ignore[arg-type]
+        if image.shape[:2] != label.values.shape:
+            (ih, iw), (lh, lw) = image.shape[:2], label.values.shape
+            raise DataError(f"{pair.label}: label is {lw}×{lh} (W×H), image {pair.image.name} is {iw}×{ih}")
+        images.append(image)
+        labels.append(label)
+    return RawSplit(pairs, images, labels)
+
+
+def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) -> Cache:
+    """Normalise images with the shared preprocessing function and encode labels to class indices."""
+    return Cache(
+        stems=[p.stem for p in raw.pairs],
+        images=[normalise(im, data_cfg) for im in raw.images],
+        labels=[encoding.encode(lab.values, lab.path) for lab in raw.labels],
+    )

@@ -1,0 +1,189 @@
+"""Pair images with labels by file stem; dataset splits and the split.json of a run.
+
+A dataset folder holds `train/` (required), and optionally `validation/` and `test/`, each with
+`image/` and `label/` folders whose files share stems: `image/01.tif` goes with `label/01.gif`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medunet.errors import DataError
+from medunet.io.images import IMAGE_SUFFIXES, atomic_target
+
+SPLITS = ("train", "validation", "test")
+MAX_LISTED = 10  # names shown in one error message before "and N more"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and its label (None when labels are not needed, e.g. prediction)."""
+
+    stem: str
+    image: Path
+    label: Path | None
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts "2.png" before "10.png" and ignores case."""
+    # re.split with a group alternates text and digit runs, so ints only meet ints when compared.
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Readable image files directly in `folder`, in natural order (2 before 10).
+
+    Suffixes are matched case-insensitively (.TIF counts); hidden files, sub-folders and other
+    suffixes are ignored.
+
+    Raises:
+        DataError: the folder does not exist, is not a folder, or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    files = [p for p in folder.iterdir()
+             if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return sorted(files, key=lambda p: (natural_key(p.name), p.name))
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """Images of `folder` keyed by stem; DataError when two files share a stem."""
+    found: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        found.setdefault(path.stem, []).append(path)
+    clashes = [" and ".join(f"{folder.name}/{p.name}" for p in paths) + f" share the stem {stem}"
+               for stem, paths in found.items() if len(paths) > 1]
+    if clashes:
+        raise DataError(f"{folder.parent}: {_listing(clashes, sep='; ')}")
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def _listing(names: Sequence[str], sep: str = ", ") -> str:
+    """At most MAX_LISTED names, then "and N more"."""
+    shown = sep.join(names[:MAX_LISTED])
+    extra = len(names) - MAX_LISTED
+    return f"{shown}{sep}and {extra} more" if extra > 0 else shown
+
+
+def find_pairs(split_dir: Path, labels: bool = True) -> list[Pair]:
+    """Pair `split_dir/image/*` with `split_dir/label/*` by stem; extensions may differ.
+
+    Args:
+        split_dir: a folder holding `image/` and, when `labels`, `label/`.
+        labels: False to list images only (every Pair's label is None).
+
+    Returns:
+        One Pair per image, in natural order of the image names.
+
+    Raises:
+        DataError: a missing folder, two files with one stem, or images without labels /
+            labels without images (all listed by name in one message).
+    """
+    split_dir = Path(split_dir)
+    for sub in ("image", "label") if labels else ("image",):
+        if not (split_dir / sub).is_dir():
+            raise DataError(f"{split_dir}: no {sub}/ folder (expected {split_dir / 'image'} "
+                            f"and {split_dir / 'label'})")
+    images = _by_stem(split_dir / "image")
+    if not labels:
+        return [Pair(stem, path, None) for stem, path in images.items()]
+    masks = _by_stem(split_dir / "label")
+    _check_orphans(split_dir, images, masks)
+    return [Pair(stem, path, masks[stem]) for stem, path in images.items()]
+
+
+def _check_orphans(split_dir: Path, images: dict[str, Path], masks: dict[str, Path]) -> None:
+    """One DataError listing images without a label and labels without an image."""
+    lonely_images = [p.name for stem, p in images.items() if stem not in masks]
+    lonely_labels = [p.name for stem, p in masks.items() if stem not in images]
+    problems = []
+    if lonely_images:
+        problems.append(f"{len(lonely_images)} image(s) without a label in image/: "
+                        f"{_listing(lonely_images)}")
+    if lonely_labels:
+        problems.append(f"{len(lonely_labels)} label(s) without an image in label/: "
+                        f"{_listing(lonely_labels)}")
+    if problems:
+        raise DataError(f"{split_dir}: {'; '.join(problems)} (files pair by name without suffix)")
+
+
+def dataset_splits(data_dir: Path) -> dict[str, list[Pair]]:
+    """The labelled splits of a dataset folder.
+
+    Returns:
+        {"train": [...]} plus "validation" and "test" when those folders exist.
+
+    Raises:
+        DataError: no `data_dir`, no `train/`, or any split whose pairs are inconsistent.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: no such folder")
+    if not (data_dir / "train").is_dir():
+        raise DataError(f"{data_dir}: no train/ folder (expected train/image and train/label)")
+    return {name: find_pairs(data_dir / name) for name in SPLITS if (data_dir / name).is_dir()}
+
+
+def split_train_val(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out a seeded random share of `pairs` for validation.
+
+    Args:
+        pairs: at least two pairs.
+        fraction: share for validation, in (0, 1); rounded, but at least 1 and at most n - 1 pairs.
+        seed: the same seed and pairs always give the same split.
+
+    Returns:
+        (train, validation), each in the order of `pairs`.
+
+    Raises:
+        DataError: fewer than two pairs.
+    """
+    n = len(pairs)
+    if n < 2:
+        where = f"{pairs[0].image.parent.parent}: " if pairs else ""
+        raise DataError(f"{where}{n} image/label pair(s); at least 2 are needed to hold out "
+                        "a validation image (or add a validation/ folder)")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    n_val = min(max(1, round(n * fraction)), n - 1)
+    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    train = [p for i, p in enumerate(pairs) if i not in chosen]
+    val = [p for i, p in enumerate(pairs) if i in chosen]
+    return train, val
+
+
+def write_split(path: Path, splits: dict[str, list[Pair]]) -> None:
+    """Write splits as JSON ({split: [{"stem", "image", "label"}]}, paths as strings), atomically."""
+    doc = {name: [{"stem": p.stem, "image": str(p.image),
+                   "label": None if p.label is None else str(p.label)} for p in pairs]
+           for name, pairs in splits.items()}
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def read_split(path: Path) -> dict[str, list[Pair]]:
+    """Read a file written by `write_split`.
+
+    Raises:
+        DataError: the file is missing or not a split file.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {str(name): [Pair(stem=str(item["stem"]), image=Path(item["image"]),
+                                 label=None if item.get("label") is None else Path(item["label"]))
+                            for item in items]
+                for name, items in doc.items()}
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a split file ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,188 @@
+"""fit(): the training loop as small functions — sample, augment, step, validate, checkpoint."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medunet.config import AugmentConfig, DataConfig, TrainConfig
+from medunet.data.cache import Cache
+from medunet.data.encoding import LabelEncoding
+from medunet.data.sampler import CropSampler
+from medunet.engine.checkpoint import Checkpoint, save_checkpoint
+from medunet.engine.device import autocast, memory_format
+from medunet.engine.predictor import Predictor
+from medunet.errors import MedunetError
+from medunet.losses import build_loss
+from medunet.metrics import image_metrics
+from medunet.models.unet import UNet
+from medunet.report.curves import plot_history
+from medunet.transforms.augment import augment_batch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 40
+MIN_SAMPLES_PER_EPOCH = 200   # tiny datasets still get epochs long enough to be worth validating
+MAX_BAD_STEPS = 20            # consecutive non-finite losses before training gives up
+
+
+class TrainingDiverged(MedunetError):
+    """The loss stayed NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Job:
+    """What fit() needs besides the model, the data and the TrainConfig."""
+
+    run_dir: Path
+    data_cfg: DataConfig
+    augment: AugmentConfig
+    encoding: LabelEncoding
+    device: torch.device
+    batch: int
+    progress: bool = True
+
+
+@dataclass
+class State:
+    """Everything that changes during training (and what resume restores)."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    best_dice: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job) -> State:
+    """Train `model` in place; writes checkpoints, history.csv and curves.png into `job.run_dir`."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
+    model.to(job.device, memory_format=memory_format(job.device))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share)
+    loss_fn = build_loss(model.cfg.out_channels)
+    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, batch=job.batch)
+    steps = math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch)
+    state = State()
+    while _should_continue(state, cfg):
+        start = time.perf_counter()
+        loss = _train_epoch(model, sampler, optimiser, loss_fn, generator, state, cfg, job, steps)
+        val_dice = validate(predictor, val)
+        seconds = time.perf_counter() - start
+        state.elapsed += seconds
+        state.epoch += 1
+        _record(state, cfg, job, model, optimiser, loss, val_dice, seconds, steps)
+    return state
+
+
+def _should_continue(state: State, cfg: TrainConfig) -> bool:
+    """Epoch limit, or a time budget: stop before an epoch that would not end inside it."""
+    if cfg.time_budget is None:
+        return state.epoch < (cfg.epochs or DEFAULT_EPOCHS)
+    if cfg.epochs is not None and state.epoch >= cfg.epochs:
+        return False
+    if state.epoch == 0:
+        return True
+    per_epoch = state.elapsed / state.epoch
+    return state.elapsed + per_epoch <= cfg.time_budget
+
+
+def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds_in: float) -> float:
+    """Cosine decay to 5% over whichever runs out first: the epochs or the time budget."""
+    progress = 0.0
+    if cfg.time_budget is not None:
+        progress = (state.elapsed + seconds_in) / cfg.time_budget
+    if cfg.epochs is not None or cfg.time_budget is None:
+        progress = max(progress, (state.epoch + epoch_fraction) / (cfg.epochs or DEFAULT_EPOCHS))
+    progress = min(progress, 1.0)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _train_epoch(model, sampler, optimiser, loss_fn, generator, state, cfg, job, steps) -> float:
+    model.train()
+    start = time.perf_counter()
+    losses, bad = [], 0
+    bar = tqdm(range(steps), desc=f"epoch {state.epoch + 1}", unit="batch", leave=False,
+               disable=not job.progress, dynamic_ncols=True)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(cfg, state, step / steps, time.perf_counter() - start)
+        images, labels = sampler.batch(job.batch)
+        x = torch.from_numpy(images).to(job.device, non_blocking=True)
+        y = torch.from_numpy(labels).to(job.device, non_blocking=True)
+        x, y = augment_batch(x, y, job.augment, generator)
+        loss = _step(model, optimiser, loss_fn, x.contiguous(memory_format=memory_format(job.device)), y, job)
+        if loss is None:
+            bad += 1
+            logger.warning("epoch %d step %d: non-finite loss, step skipped", state.epoch + 1, step + 1)
+            if bad >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"{job.run_dir}: loss was NaN/Inf for {bad} steps in a row; "
+                                       "training stopped, checkpoints/last.pt holds the last good epoch "
+                                       "(try a lower --lr)")
+            continue
+        bad = 0
+        losses.append(loss)
+        rate = (step + 1) * job.batch / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.1f}")
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _step(model, optimiser, loss_fn, x, y, job) -> float | None:
+    with autocast(job.device):
+        logits = model(x)
+    loss = loss_fn(logits, y)
+    if not torch.isfinite(loss):
+        optimiser.zero_grad(set_to_none=True)
+        return None
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
+
+
+def validate(predictor: Predictor, val: Cache) -> float:
+    """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`."""
+    probs = predictor.predict_normalised(val.images)
+    n_classes = predictor.encoding.n_classes
+    return float(np.mean([image_metrics(t, predictor.to_mask(p), n_classes)["dice"]
+                          for t, p in zip(val.labels, probs)]))
+
+
+def _record(state, cfg, job, model, optimiser, loss, val_dice, seconds, steps) -> None:
+    """History row, curves, last.pt every epoch, best.pt when validation Dice improves."""
+    rate = steps * job.batch / seconds
+    lr = optimiser.param_groups[0]["lr"]
+    state.history.append(dict(epoch=state.epoch, train_loss=round(loss, 5), val_dice=round(val_dice, 5),
+                              lr=f"{lr:.3g}", seconds=round(seconds, 2), images_per_s=round(rate, 2)))
+    improved = val_dice > state.best_dice
+    state.best_dice = max(state.best_dice, val_dice)
+    ckpt = Checkpoint(model.cfg, job.data_cfg, job.encoding,
+                      {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      train=dict(epoch=state.epoch, val_dice=val_dice, best_dice=state.best_dice,
+                                 elapsed=state.elapsed, history=state.history))
+    ckpt_dir = job.run_dir / "checkpoints"
+    if improved:
+        save_checkpoint(ckpt_dir / "best.pt", ckpt)
+    save_checkpoint(ckpt_dir / "last.pt", ckpt)
+    write_history(job.run_dir / "history.csv", state.history)
+    plot_history(state.history, job.run_dir / "curves.png")
+    budget = f"/{cfg.epochs}" if cfg.epochs else ""
+    logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs", state.epoch, budget, loss,
+                val_dice, "  (best)" if improved else "", rate, state.elapsed)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)

@@ -1,0 +1,383 @@
+"""Read and write 2D images and masks, keeping their bit depth.
+
+TIFF goes through tifffile first (it reads TIFFs Pillow cannot, such as 3-sample TIFFs tagged
+MinIsBlack), every other format through Pillow, and each falls back to the other. Whatever goes
+wrong while reading (missing, empty, corrupt, truncated, unsupported shape, NaN) becomes a
+`DataError` whose message starts with the path, so the CLI can print one line.
+
+Arrays at this boundary:
+    image: (H, W) grey or (H, W, 3) RGB; uint8, uint16, float32, or int16/int32 (CT-like TIFF).
+    label: (H, W) integer array of the values stored in the file (palette indices for palette files).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from medunet.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TIFF_SUFFIXES = (".tif", ".tiff")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+_PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+# Whole-slide and stitched medical images exceed Pillow's default bomb limit (~89 Mpx); 2**31 pixels
+# still stops a hostile file from claiming terabytes. Only ever raised, never lowered.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < 2**31:
+    Image.MAX_IMAGE_PIXELS = 2**31
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """A label file's stored values, before any meaning is given to them.
+
+    Attributes:
+        path: the file read.
+        values: (H, W) integer array of the raw stored values (palette indices for palette files).
+        lossy: the file is JPEG, so values near 0 and 255 are noise around the drawn ones.
+        palette: the values are palette indices (palette PNG, GIF or TIFF).
+    """
+
+    path: Path
+    values: np.ndarray
+    lossy: bool
+    palette: bool
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """What a reader got from a file: the array and how it was stored."""
+
+    array: np.ndarray
+    lossy: bool = False
+    palette: bool = False
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a 2D image, keeping its bit depth.
+
+    Args:
+        path: a TIFF, PNG, JPEG, BMP or GIF file.
+
+    Returns:
+        (H, W) grey or (H, W, 3) RGB array: uint8, uint16, float32 (float files), or int16/int32
+        (signed TIFF, e.g. CT in HU). Alpha is dropped, palette images become RGB, 1-bit becomes
+        uint8 0/255.
+
+    Raises:
+        DataError: the file is missing, unreadable, not 2D, empty, or holds NaN/Inf.
+    """
+    path = Path(path)
+    raw = _read_raw(path, palette_indices=False)
+    array = _drop_alpha(_channel_last(raw.array, path), path)
+    return _check_values(_normalise_dtype(array, path), path)
+
+
+def read_label(path: Path) -> LabelFile:
+    """Read a mask's stored values without interpreting them.
+
+    Args:
+        path: a TIFF, PNG, JPEG, BMP or GIF mask.
+
+    Returns:
+        LabelFile whose `values` is an (H, W) integer array: palette indices for palette files,
+        the grey level otherwise (1-bit masks give 0/255, like `read_image`).
+
+    Raises:
+        DataError: as `read_image`; also a colour label whose R, G, B differ, or a float label
+            with non-integer values.
+    """
+    path = Path(path)
+    raw = _read_raw(path, palette_indices=True)
+    array = _drop_alpha(_channel_last(raw.array, path), path)
+    if array.ndim == 3:
+        if not (np.array_equal(array[..., 0], array[..., 1])
+                and np.array_equal(array[..., 0], array[..., 2])):
+            raise DataError(f"{path}: colour label with different R, G, B values; "
+                            "save class ids or a grey mask")
+        array = array[..., 0]
+    array = _check_values(_normalise_dtype(array, path), path)
+    if array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: float label with non-integer values; save class ids or a mask")
+        array = _smallest_int(array.astype(np.int64), path)
+    return LabelFile(path=path, values=np.ascontiguousarray(array), lossy=raw.lossy, palette=raw.palette)
+
+
+def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
+    """Read a file with the reader its suffix suggests, then the other one."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
+    readers = [("tifffile", _read_tiff), ("Pillow", _read_pil)]
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        readers.reverse()
+    failures = []
+    for name, reader in readers:
+        try:
+            raw = reader(path, palette_indices)
+        except DataError:
+            raise
+        except Exception as exc:  # readers raise many types on bad bytes; the user needs one
+            failures.append(f"{name}: {_short(exc)}".replace(f" '{path}'", ""))
+            continue
+        if raw.array.size == 0:
+            raise DataError(f"{path}: image has no pixels (shape {raw.array.shape})")
+        return raw
+    raise DataError(f"{path}: cannot read image ({'; '.join(failures)})")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = text[:120]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_tiff(path: Path, palette_indices: bool) -> _Raw:
+    """Read the first series of a TIFF; a stack of several 2D slices is refused."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape = _squeeze(series.shape)
+        colour = len(shape) == 3 and (shape[-1] in (2, 3, 4) or shape[0] in (3, 4))
+        if len(shape) > 3 or (len(shape) == 3 and not colour):
+            raise DataError(f"{path}: unsupported image shape {tuple(series.shape)} "
+                            f"(axes {series.axes}): a 3D stack? medunet reads 2D images, "
+                            "one file per slice")
+        array = series.asarray().reshape(shape)
+        page = series.keyframe
+        lossy = page.compression in (tifffile.COMPRESSION.JPEG, tifffile.COMPRESSION.OJPEG)
+        palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and array.ndim == 2
+        if palette and not palette_indices:
+            array = _apply_colormap(array, page.colormap)
+    return _Raw(array, lossy=lossy, palette=palette and palette_indices)
+
+
+def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop leading length-1 axes (ImageJ's T, Z, C) and a single trailing sample, never Y or X."""
+    dims = list(shape)
+    while len(dims) > 2 and dims[0] == 1:
+        dims.pop(0)
+    if len(dims) == 3 and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
+def _apply_colormap(index: np.ndarray, colormap: np.ndarray | None) -> np.ndarray:
+    """(H, W) palette indices and a (3, N) TIFF colormap → (H, W, 3) RGB, uint8 for 16-bit maps."""
+    if colormap is None:
+        return index
+    rgb = np.moveaxis(colormap[:, index], 0, -1)
+    if colormap.dtype == np.uint16:
+        rgb = (rgb // 257).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+    return rgb
+
+
+def _read_pil(path: Path, palette_indices: bool) -> _Raw:
+    """Read the first frame with Pillow; `.load()` inside the `with` so truncation raises here."""
+    with Image.open(path) as im:
+        im.load()
+        lossy = im.format in ("JPEG", "MPO")
+        mode = im.mode
+        if mode == "1":
+            return _Raw(np.asarray(im, dtype=bool).astype(np.uint8) * 255, lossy)
+        if mode in ("P", "PA"):
+            if palette_indices:
+                return _Raw(np.asarray(im.getchannel(0)), lossy, palette=True)
+            return _Raw(np.asarray(im.convert("RGB")), lossy)
+        if mode in ("L", "LA", "La"):
+            return _Raw(np.asarray(im.getchannel(0)), lossy)
+        if mode == "RGB":
+            return _Raw(np.asarray(im), lossy)
+        if mode.startswith("I") or mode == "F":
+            array = np.asarray(im)
+            array = array.astype(array.dtype.newbyteorder("="))
+            if mode == "I" and im.format == "PNG":  # PNG is at most 16-bit unsigned
+                array = array.astype(np.uint16)
+            return _Raw(array, lossy)
+        # RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV: Pillow knows how to make RGB of them.
+        return _Raw(np.asarray(im.convert("RGB")), lossy)
+
+
+def _channel_last(array: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W), (H, W, C) or planar (C, H, W) with C in 3, 4 → (H, W) or (H, W, C)."""
+    if array.ndim == 3 and array.shape[-1] not in (2, 3, 4) and array.shape[0] in (3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (2, 3, 4)):
+        return array
+    raise DataError(f"{path}: unsupported image shape {array.shape}; medunet reads 2D grey or RGB images")
+
+
+def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
+    """Grey+alpha → grey, RGBA → RGB: masks and intensities never live in the alpha channel."""
+    if array.ndim == 3 and array.shape[-1] == 2:
+        return array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 4:
+        return array[..., :3]
+    return array
+
+
+def _normalise_dtype(array: np.ndarray, path: Path) -> np.ndarray:
+    """Bring any stored dtype to uint8, uint16, int16, int32 or float32."""
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    if kind == "b":
+        return array.astype(np.uint8) * 255
+    if kind == "f":
+        return array.astype(np.float32)
+    if (kind, size) in (("u", 1), ("u", 2), ("i", 2), ("i", 4)):
+        return array.astype(array.dtype.newbyteorder("="), copy=False)
+    if kind == "i" and size == 1:
+        return array.astype(np.int16)
+    if kind in "iu":
+        return _smallest_int(array, path)
+    raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def _smallest_int(array: np.ndarray, path: Path) -> np.ndarray:
+    """Integers → uint8, uint16 or int32, whichever holds them; DataError beyond int32."""
+    lo, hi = int(array.min()), int(array.max())
+    for dtype in (np.uint8, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return array.astype(dtype)
+    raise DataError(f"{path}: pixel values between {lo} and {hi} do not fit 32-bit integers")
+
+
+def _check_values(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.size == 0:
+        raise DataError(f"{path}: image has no pixels (shape {array.shape})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{path}: image holds NaN or infinite values")
+    return array
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path` in one step.
+
+    The temporary name is hidden (".name.XXXX.tmp.png") and keeps the real suffix, so writers that
+    pick the format from the suffix still work. On error the temporary file is removed and `path`
+    is left as it was.
+    """
+    path = Path(path)
+    # Not mkstemp: its 0600 mode would stay on the final file; the writer creates it with the umask.
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def mask_suffix(source: Path) -> str:
+    """The suffix for a predicted mask of `source`: its own, but PNG for JPEG (masks must be lossless).
+
+    Unreadable suffixes also give ".png". GIF stays ".gif" (lossless, 8-bit).
+    """
+    suffix = Path(source).suffix
+    if suffix.lower() in JPEG_SUFFIXES or suffix.lower() not in IMAGE_SUFFIXES:
+        return ".png"
+    return suffix
+
+
+def write_mask(path: Path, mask: np.ndarray, *, like: Path | None = None) -> None:
+    """Write an (H, W) uint8/uint16 mask atomically, in the format of `path`'s suffix.
+
+    Args:
+        path: output file; .tif/.tiff (zlib), .png, .bmp or .gif. Not JPEG.
+        mask: (H, W) uint8 or uint16 values as they should be stored (0/255, class ids...).
+        like: the source image; when it is a TIFF its resolution tags are copied, so the mask
+            keeps the image's pixel spacing.
+
+    Raises:
+        ValueError: JPEG suffix, unknown suffix, wrong shape or dtype, or uint16 to BMP/GIF.
+    """
+    path = Path(path)
+    mask = np.asarray(mask)
+    suffix = path.suffix.lower()
+    if suffix in JPEG_SUFFIXES:
+        raise ValueError(f"{path}: masks cannot be JPEG (lossy); use .png")
+    if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: a mask must be (H, W) uint8 or uint16, got {mask.shape} {mask.dtype}")
+    resolution = _tiff_resolution(Path(like)) if like is not None and suffix in TIFF_SUFFIXES else {}
+    _write(path, mask, resolution)
+
+
+def write_image(path: Path, array: np.ndarray) -> None:
+    """Write an image atomically, in the format of `path`'s suffix.
+
+    Args:
+        path: output file; .tif/.tiff, .png, .jpg/.jpeg (quality 95), .bmp or .gif.
+        array: (H, W) or (H, W, 3); uint8 anywhere, uint16 grey to TIFF or PNG, uint16 RGB,
+            int16, int32 and float32 to TIFF only.
+
+    Raises:
+        ValueError: unknown suffix, wrong shape, or a dtype the format cannot hold.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+        raise ValueError(f"{path}: an image must be (H, W) or (H, W, 3), got {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
+        raise ValueError(f"{path}: cannot write pixel type {array.dtype}")
+    _write(path, array, {})
+
+
+def _write(path: Path, array: np.ndarray, resolution: dict) -> None:
+    """Check that the suffix's format holds `array`, then write it through a temporary file."""
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        with atomic_target(path) as tmp:
+            photometric = "rgb" if array.ndim == 3 else "minisblack"
+            tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib", **resolution)
+        return
+    fmt = _PIL_FORMATS.get(suffix)
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r} "
+                         f"(use one of {', '.join(IMAGE_SUFFIXES)})")
+    grey16 = array.dtype == np.uint16 and array.ndim == 2 and fmt == "PNG"
+    if array.dtype != np.uint8 and not grey16:
+        raise ValueError(f"{path}: {fmt} cannot hold {array.dtype} "
+                         f"{'RGB' if array.ndim == 3 else 'grey'} pixels; use .tif")
+    options = {"JPEG": {"quality": 95},
+               # Pillow's palette optimisation renumbers a grey GIF (0/255 → indices 0/1); the full
+               # identity palette makes it read back as the grey values written.
+               "GIF": {"optimize": False}}.get(fmt, {})
+    with atomic_target(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=fmt, **options)
+
+
+def _tiff_resolution(like: Path) -> dict:
+    """tifffile.imwrite keyword arguments that copy `like`'s resolution tags; {} if it has none."""
+    if like.suffix.lower() not in TIFF_SUFFIXES:
+        return {}
+    try:
+        with tifffile.TiffFile(like) as tif:
+            tags = tif.pages.first.tags
+            x, y = tags.get("XResolution"), tags.get("YResolution")
+            unit = tags.get("ResolutionUnit")
+            if x is None or y is None:
+                return {}
+            out = {"resolution": (tuple(x.value), tuple(y.value))}
+            out["resolutionunit"] = int(unit.value) if unit is not None else 2  # TIFF default: inch
+            return out
+    except Exception as exc:  # the mask is still worth writing without the spacing
+        logger.warning("%s: cannot copy resolution tags (%s)", like, _short(exc))
+        return {}

@@ -1,0 +1,104 @@
+"""UNet(ModelConfig): the Keras tutorial's U-Net and its normalised, narrower variants.
+
+Shapes: input `(B, in_channels, H, W)` float; output `(B, out_channels, H, W)` logits (the
+sigmoid or softmax is applied by the loss and the Predictor). Any H, W works: the input is padded
+to a multiple of 2**depth by edge replication and the output cropped back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medunet.config import ModelConfig
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    if kind == "instance":
+        return nn.InstanceNorm2d(width, affine=True)
+    return nn.Identity()
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, each followed by the optional norm and ReLU."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
+        bias = norm == "none"  # a norm layer's shift makes the conv bias redundant
+        layers: list[nn.Module] = []
+        for c in (cin, cout):
+            layers += [nn.Conv2d(c, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout) if norm != "none" else nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class Up(nn.Module):
+    """Upsample 2×, then (Keras tutorial style) a 2×2 conv + ReLU with Keras "same" padding."""
+
+    def __init__(self, cin: int, cout: int, mode: str, norm: str) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "transpose":
+            self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+            self.conv = None
+        else:
+            self.up = None
+            # Keras pads a 2×2 "same" conv with the extra row and column at the bottom/right.
+            self.conv = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(cin, cout, 2, bias=norm == "none"),
+                                      _norm(norm, cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.up is not None:
+            return self.up(x)
+        x = F.interpolate(x, scale_factor=2.0, mode=self.mode,
+                          **({} if self.mode == "nearest" else {"align_corners": False}))
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """A U-Net built from a ModelConfig; `UNet(model_preset("seed"))` is the tutorial's network."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        widths = [cfg.base_width * 2**i for i in range(cfg.depth + 1)]
+        first_dropout_level = cfg.depth + 1 - cfg.dropout_levels
+        self.down = nn.ModuleList()
+        cin = cfg.in_channels
+        for level, w in enumerate(widths):
+            drop = cfg.dropout if level >= first_dropout_level else 0.0
+            self.down.append(DoubleConv(cin, w, cfg.norm, drop))
+            cin = w
+        self.ups = nn.ModuleList()
+        self.up_convs = nn.ModuleList()
+        for level in reversed(range(cfg.depth)):
+            self.ups.append(Up(widths[level + 1], widths[level], cfg.upsample, cfg.norm))
+            self.up_convs.append(DoubleConv(2 * widths[level], widths[level], cfg.norm))
+        if cfg.head == "seed":
+            self.head = nn.Sequential(nn.Conv2d(widths[0], 2, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(2, cfg.out_channels, 1))
+        else:
+            self.head = nn.Conv2d(widths[0], cfg.out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        m = self.cfg.multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        skips = []
+        for level, block in enumerate(self.down):
+            if level:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for up, conv in zip(self.ups, self.up_convs):
+            x = conv(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)[..., :h, :w]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,27 @@
+"""Training curves: loss and validation Dice per epoch, one PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Write `curves.png`: training loss (left) and validation Dice (right) against epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (BCE/CE + Dice)", title="loss")
+    ax_dice.plot(epochs, [row["val_dice"] for row in history], marker="o", ms=3, color="tab:green")
+    ax_dice.set(xlabel="epoch", ylabel="validation Dice (mean per image)", title="validation Dice",
+                ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
