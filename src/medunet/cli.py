@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line (argparse's own exit code is already 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"medunet {self.prog.split()[-1]}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_duration(text: str) -> float:
@@ -42,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="medunet", description="2D medical image segmentation with U-Net.")
     parser.add_argument("--version", action="version", version=f"medunet {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and the final result")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only errors and the final result")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_train(sub.add_parser("train", help="train a U-Net on DATA/train (and validation/)"))
-    _add_evaluate(sub.add_parser("evaluate", help="metrics of a run on a labelled split"))
-    _add_predict(sub.add_parser("predict", help="masks for a folder of images"))
-    _add_demo(sub.add_parser("demo", help="the whole workflow on generated CT-like data"))
+    _add_train(sub.add_parser("train", parents=[common], help="train a U-Net on DATA/train (and validation/)"))
+    _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
+    _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
+    _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
     return parser
 
 
@@ -153,7 +156,10 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and bad options: argparse has printed its line
+        return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         _run(args)
