@@ -9,6 +9,7 @@ from medunet.api.outputs import staged_folder, write_json
 from medunet.data.cache import read_split
 from medunet.data.pairs import find_pairs
 from medunet.engine.predictor import Predictor
+from medunet.io.images import write_mask
 from medunet.metrics import class_counts, image_metrics, summarise
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,8 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, device: str
              threshold: float | None = None, overwrite: bool = False) -> dict:
     """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
 
-    Returns the summary dict; writes `metrics.csv` and `summary.json` into `out`
-    (default `RUN/eval-<split name>`).
+    Returns the summary dict; writes `metrics.csv`, `summary.json` and the predicted masks
+    (`masks/<stem>.png`, in the labels' encoding) into `out` (default `RUN/eval-<split name>`).
     """
     run, split_dir = Path(run), Path(split_dir)
     predictor = Predictor.from_checkpoint(run, device, threshold=threshold)
@@ -29,16 +30,18 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, device: str
     out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
     n_classes = predictor.encoding.n_classes
     rows, all_counts = [], []
-    for start in range(0, len(pairs), CHUNK):
-        raw = read_split(pairs[start:start + CHUNK])
-        truths = [predictor.encoding.encode(lab.values, lab.path) for lab in raw.labels]
-        for pair, truth, probs in zip(raw.pairs, truths, predictor.probabilities(raw.images)):
-            pred = predictor.to_mask(probs)
-            rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes)})
-            all_counts.append(class_counts(truth, pred, n_classes))
-    summary = summarise(rows, all_counts, n_classes)
-    summary["threshold"] = predictor.threshold
     with staged_folder(out, overwrite, "evaluation folder") as stage:
+        (stage / "masks").mkdir()
+        for start in range(0, len(pairs), CHUNK):
+            raw = read_split(pairs[start:start + CHUNK])
+            truths = [predictor.encoding.encode(lab.values, lab.path) for lab in raw.labels]
+            for pair, truth, probs in zip(raw.pairs, truths, predictor.probabilities(raw.images)):
+                pred = predictor.to_mask(probs)
+                rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes)})
+                all_counts.append(class_counts(truth, pred, n_classes))
+                write_mask(stage / "masks" / f"{pair.stem}.png", predictor.encoding.decode(pred))
+        summary = summarise(rows, all_counts, n_classes)
+        summary.update(threshold=predictor.threshold, run=str(run.resolve()), split_dir=str(split_dir.resolve()))
         _write_rows(stage / "metrics.csv", rows)
         write_json(stage / "summary.json", summary)
     logger.info("evaluation written to %s", out)
