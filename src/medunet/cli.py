@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medunet import __version__
-from medunet.errors import ConfigError, MedunetError
+from medunet.errors import MedunetError, RunInterrupted
 
 logger = logging.getLogger("medunet")
 
@@ -71,6 +71,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
     p.add_argument("--samples-per-epoch", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -112,9 +114,9 @@ def _run(args: argparse.Namespace) -> None:
                               label_mode=args.label_mode)
         cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                           lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
-                          samples_per_epoch=args.samples_per_epoch)
+                          samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic)
         run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
-                            progress=progress)
+                            resume=args.resume, progress=progress)
         print(f"run folder: {run}")
     elif args.command == "evaluate":
         PredictConfig(threshold=args.threshold, device=args.device)  # validates the options
@@ -163,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         _run(args)
+    except RunInterrupted as exc:
+        print(f"medunet {args.command}: {exc}", file=sys.stderr)
+        return 130
     except MedunetError as exc:
         print(f"medunet {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -15,3 +15,7 @@ class CheckpointError(MedunetError):
 
 class ConfigError(MedunetError):
     """An option or configuration value is out of range."""
+
+
+class RunInterrupted(MedunetError):
+    """Ctrl-C during training; the message says which epoch last.pt holds and how to resume (exit 130)."""

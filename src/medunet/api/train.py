@@ -1,21 +1,27 @@
 """train(): folders → decoded data → UNet → fit → a run folder."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from medunet import __version__
 from medunet.api.outputs import check_free, clear, write_json
-from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, model_preset,
-                            replace, to_dict)
+from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
+                            model_preset, replace, to_dict)
 from medunet.data.cache import RawSplit, build_cache, read_split
 from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, split_train_val, write_split
+from medunet.data.pairs import read_split as read_split_file
 from medunet.engine.device import resolve_device
-from medunet.engine.trainer import Job, fit
+from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.trainer import Job, TrainingInterrupted, fit
 from medunet.models.unet import UNet, count_parameters
+from medunet.errors import CheckpointError, ConfigError, RunInterrupted
 from medunet.transforms.intensity import is_colour
 
 logger = logging.getLogger(__name__)
@@ -34,7 +40,7 @@ class Dataset:
 
 def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
     """Pair, split and decode; every check that can fail on the user's data runs here, before any output."""
-    splits = dataset_splits(Path(data))
+    splits = dataset_splits(Path(data).resolve())  # absolute paths in split.json: resume from anywhere
     if "validation" in splits:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:
@@ -50,12 +56,20 @@ def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
 
 def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
           cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
-          overwrite: bool = False, progress: bool = True) -> Path:
-    """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder."""
-    data_cfg = data_cfg or DataConfig()
+          overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+    """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder.
+
+    `resume` continues the run in `out` after the last completed epoch of its `last.pt`; `cfg`'s
+    epochs and time budget, when given, replace the stored ones (to train further).
+    """
     cfg = cfg or TrainConfig()
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out RUN (the run folder to continue)")
+        return _resume(Path(out), cfg, progress)
+    data_cfg = data_cfg or DataConfig()
     out = Path(out) if out is not None else _default_run(Path(data))
-    check_free(out, overwrite, "run folder")
+    _check_run_folder(out, overwrite)
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
     dataset = load_dataset(Path(data), data_cfg, cfg.seed)
@@ -63,6 +77,7 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
     n = dataset.encoding.n_classes
     model_cfg = model_preset(preset, in_channels=dataset.channels, out_channels=1 if n == 2 else n)
+    torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
     model = UNet(model_cfg)
     batch = cfg.batch or (32 if device.type == "cuda" else 8)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
@@ -73,12 +88,51 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     clear(out)
     _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch)
     job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress)
-    train_cache = build_cache(dataset.train, data_cfg, dataset.encoding)
-    val_cache = build_cache(dataset.val, data_cfg, dataset.encoding)
-    state = fit(model, train_cache, val_cache, cfg, job)
+    caches = (build_cache(dataset.train, data_cfg, dataset.encoding),
+              build_cache(dataset.val, data_cfg, dataset.encoding))
+    return _fit(model, caches, cfg, job)
+
+
+def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
+    try:
+        state = fit(model, *caches, cfg, job, resume=resume)
+    except TrainingInterrupted as stop:
+        raise RunInterrupted(f"interrupted; {job.run_dir}/checkpoints/last.pt holds epoch {stop.epoch}; "
+                             f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
     logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
-                state.epoch, state.elapsed, state.best_dice, out)
-    return out
+                state.epoch, state.elapsed, state.best_dice, job.run_dir)
+    return job.run_dir
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    last = out / "checkpoints" / "last.pt"
+    if last.is_file() and not overwrite:
+        raise ConfigError(f"{out}: run folder exists with checkpoints/last.pt; pass --resume to continue it "
+                          "or --overwrite to replace it")
+    check_free(out, overwrite, "run folder")
+
+
+def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
+    """Rebuild everything from the run folder: config.json, split.json and checkpoints/last.pt."""
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    try:
+        stored = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{out / 'config.json'}: cannot read the run's configuration ({exc})") from None
+    cfg = from_dict(TrainConfig, stored["train"])
+    if overrides.epochs is not None or overrides.time_budget is not None:
+        cfg = replace(cfg, epochs=overrides.epochs, time_budget=overrides.time_budget)
+    if overrides.device != "auto":
+        cfg = replace(cfg, device=overrides.device)
+    splits = read_split_file(out / "split.json")
+    train_raw, val_raw = read_split(splits["train"]), read_split(splits["validation"])
+    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding,
+              resolve_device(cfg.device), stored["batch"], progress)
+    logger.info("resuming %s after epoch %d", out, ckpt.train.get("epoch", 0))
+    caches = (build_cache(train_raw, ckpt.data_config, ckpt.encoding),
+              build_cache(val_raw, ckpt.data_config, ckpt.encoding))
+    model = ckpt.build_model().train()
+    return _fit(model, caches, cfg, job, resume=ckpt.train)
 
 
 def _default_run(data: Path) -> Path:

@@ -60,27 +60,82 @@ class State:
     history: list[dict] = field(default_factory=list)
 
 
-def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job) -> State:
-    """Train `model` in place; writes checkpoints, history.csv and curves.png into `job.run_dir`."""
+def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
+        resume: dict | None = None) -> State:
+    """Train `model` in place; writes checkpoints, history.csv and curves.png into `job.run_dir`.
+
+    `resume` is the "train" dict of a `last.pt`: training continues after its epoch with the
+    optimiser, RNG states and history it holds. Ctrl-C raises TrainingInterrupted after the last
+    completed epoch's `last.pt` is on disk.
+    """
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
     model.to(job.device, memory_format=memory_format(job.device))
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share)
-    loss_fn = build_loss(model.cfg.out_channels)
-    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, batch=job.batch)
-    steps = math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch)
     state = State()
-    while _should_continue(state, cfg):
-        start = time.perf_counter()
-        loss = _train_epoch(model, sampler, optimiser, loss_fn, generator, state, cfg, job, steps)
-        val_dice = validate(predictor, val)
-        seconds = time.perf_counter() - start
-        state.elapsed += seconds
-        state.epoch += 1
-        _record(state, cfg, job, model, optimiser, loss, val_dice, seconds, steps)
+    if resume is not None:
+        _restore(resume, optimiser, rng, generator, state)
+    loop = Loop(model, optimiser, CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share),
+                build_loss(model.cfg.out_channels), generator, rng,
+                math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch))
+    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, batch=job.batch)
+    try:
+        while _should_continue(state, cfg):
+            start = time.perf_counter()
+            loss = _train_epoch(loop, state, cfg, job)
+            val_dice = validate(predictor, val)
+            seconds = time.perf_counter() - start
+            state.elapsed += seconds
+            state.epoch += 1
+            _record(state, cfg, job, loop, loss, val_dice, seconds)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(state.epoch) from None
     return state
+
+
+@dataclass
+class Loop:
+    """The moving parts of one training run, passed around as one."""
+
+    model: UNet
+    optimiser: torch.optim.Optimizer
+    sampler: CropSampler
+    loss_fn: object
+    generator: torch.Generator
+    rng: np.random.Generator
+    steps: int
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: `last.pt` holds the last completed epoch (`epoch`)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+def _snapshot(loop: Loop, state: State, cfg: TrainConfig) -> dict:
+    """Everything resume needs beyond the weights: optimiser, RNG streams, progress, history."""
+    snap = dict(epoch=state.epoch, elapsed=state.elapsed, best_dice=state.best_dice, history=state.history,
+                optimiser=loop.optimiser.state_dict(), numpy_rng=loop.rng.bit_generator.state,
+                torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state())
+    if torch.cuda.is_available():
+        snap["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return snap
+
+
+def _restore(snap: dict, optimiser, rng: np.random.Generator, generator: torch.Generator, state: State) -> None:
+    optimiser.load_state_dict(snap["optimiser"])
+    rng.bit_generator.state = snap["numpy_rng"]
+    torch.set_rng_state(snap["torch_rng"])
+    generator.set_state(snap["augment_rng"])
+    if "cuda_rng" in snap and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda_rng"])
+    state.epoch, state.elapsed, state.best_dice = snap["epoch"], snap["elapsed"], snap["best_dice"]
+    state.history = list(snap["history"])
 
 
 def _should_continue(state: State, cfg: TrainConfig) -> bool:
@@ -106,20 +161,20 @@ def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _train_epoch(model, sampler, optimiser, loss_fn, generator, state, cfg, job, steps) -> float:
-    model.train()
+def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
+    loop.model.train()
     start = time.perf_counter()
     losses, bad = [], 0
-    bar = tqdm(range(steps), desc=f"epoch {state.epoch + 1}", unit="batch", leave=False,
+    bar = tqdm(range(loop.steps), desc=f"epoch {state.epoch + 1}", unit="batch", leave=False,
                disable=not job.progress, dynamic_ncols=True)
     for step in bar:
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(cfg, state, step / steps, time.perf_counter() - start)
-        images, labels = sampler.batch(job.batch)
+        for group in loop.optimiser.param_groups:
+            group["lr"] = learning_rate(cfg, state, step / loop.steps, time.perf_counter() - start)
+        images, labels = loop.sampler.batch(job.batch)
         x = torch.from_numpy(images).to(job.device, non_blocking=True)
         y = torch.from_numpy(labels).to(job.device, non_blocking=True)
-        x, y = augment_batch(x, y, job.augment, generator)
-        loss = _step(model, optimiser, loss_fn, x.contiguous(memory_format=memory_format(job.device)), y, job)
+        x, y = augment_batch(x, y, job.augment, loop.generator)
+        loss = _step(loop, x.contiguous(memory_format=memory_format(job.device)), y, job)
         if loss is None:
             bad += 1
             logger.warning("epoch %d step %d: non-finite loss, step skipped", state.epoch + 1, step + 1)
@@ -135,16 +190,16 @@ def _train_epoch(model, sampler, optimiser, loss_fn, generator, state, cfg, job,
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _step(model, optimiser, loss_fn, x, y, job) -> float | None:
+def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | None:
+    """One optimiser step; None (and no update) when the loss is not finite."""
+    loop.optimiser.zero_grad(set_to_none=True)
     with autocast(job.device):
-        logits = model(x)
-    loss = loss_fn(logits, y)
+        logits = loop.model(x)
+    loss = loop.loss_fn(logits, y)
     if not torch.isfinite(loss):
-        optimiser.zero_grad(set_to_none=True)
         return None
-    optimiser.zero_grad(set_to_none=True)
     loss.backward()
-    optimiser.step()
+    loop.optimiser.step()
     return float(loss.detach())
 
 
@@ -156,24 +211,25 @@ def validate(predictor: Predictor, val: Cache) -> float:
                           for t, p in zip(val.labels, probs)]))
 
 
-def _record(state, cfg, job, model, optimiser, loss, val_dice, seconds, steps) -> None:
-    """History row, curves, last.pt every epoch, best.pt when validation Dice improves."""
-    rate = steps * job.batch / seconds
-    lr = optimiser.param_groups[0]["lr"]
+def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, val_dice: float,
+            seconds: float) -> None:
+    """History row, curves, best.pt when validation Dice improves, and last.pt every epoch (last)."""
+    rate = loop.steps * job.batch / seconds
+    lr = loop.optimiser.param_groups[0]["lr"]
     state.history.append(dict(epoch=state.epoch, train_loss=round(loss, 5), val_dice=round(val_dice, 5),
                               lr=f"{lr:.3g}", seconds=round(seconds, 2), images_per_s=round(rate, 2)))
     improved = val_dice > state.best_dice
     state.best_dice = max(state.best_dice, val_dice)
-    ckpt = Checkpoint(model.cfg, job.data_cfg, job.encoding,
-                      {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      train=dict(epoch=state.epoch, val_dice=val_dice, best_dice=state.best_dice,
-                                 elapsed=state.elapsed, history=state.history))
+    weights = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
     ckpt_dir = job.run_dir / "checkpoints"
     if improved:
-        save_checkpoint(ckpt_dir / "best.pt", ckpt)
-    save_checkpoint(ckpt_dir / "last.pt", ckpt)
+        save_checkpoint(ckpt_dir / "best.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
+                                                         train=dict(epoch=state.epoch, val_dice=val_dice)))
     write_history(job.run_dir / "history.csv", state.history)
     plot_history(state.history, job.run_dir / "curves.png")
+    # last.pt goes last: once it names epoch N, everything of epoch N is on disk.
+    save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
+                                                     train=_snapshot(loop, state, cfg)))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
     logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs", state.epoch, budget, loss,
                 val_dice, "  (best)" if improved else "", rate, state.elapsed)

@@ -1,0 +1,119 @@
+"""Resume after a crash or Ctrl-C, bit-exact with --deterministic; checkpoints that fail loudly."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medunet.cli import main
+from medunet.engine import trainer
+from medunet.engine.checkpoint import load_checkpoint
+
+ARGS = ["--size", "48", "--batch", "4", "--samples-per-epoch", "8", "--device", "cpu", "--preset", "small"]
+
+
+def _epochs(run: Path) -> list[int]:
+    return [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())]
+
+
+def test_deterministic_resume_matches_an_uninterrupted_run(disc_data: Path, tmp_path: Path, monkeypatch) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["-q", "train", str(disc_data), "--out", str(full), "--epochs", "3", "--deterministic", *ARGS]) == 0
+
+    real = trainer._should_continue
+    monkeypatch.setattr(trainer, "_should_continue", lambda state, cfg: state.epoch < 2)
+    assert main(["-q", "train", str(disc_data), "--out", str(cut), "--epochs", "3", "--deterministic", *ARGS]) == 0
+    assert _epochs(cut) == [1, 2]
+    monkeypatch.setattr(trainer, "_should_continue", real)
+    assert main(["-q", "train", str(disc_data), "--out", str(cut), "--resume"]) == 0
+    assert _epochs(cut) == [1, 2, 3]
+
+    a = load_checkpoint(full / "checkpoints" / "last.pt").state_dict
+    b = load_checkpoint(cut / "checkpoints" / "last.pt").state_dict
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_hints_at_resume(tiny_run: Path, disc_data: Path, capsys) -> None:
+    assert main(["train", str(disc_data), "--out", str(tiny_run), *ARGS, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_interrupt_says_how_to_resume(disc_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    calls = {"n": 0}
+    real = trainer._train_epoch
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_epoch", interrupt_in_second_epoch)
+    run = tmp_path / "run"
+    assert main(["train", str(disc_data), "--out", str(run), "--epochs", "3", *ARGS]) == 130
+    err = capsys.readouterr().err
+    assert "epoch 1" in err and "--resume" in err
+    assert load_checkpoint(run / "checkpoints" / "last.pt").train["epoch"] == 1
+
+
+def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out", str(run),
+           "--epochs", "5", *ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.5))  # somewhere in a later epoch, or between files
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out",
+                              str(run), "--resume"], capture_output=True, text=True)
+    if proc.returncode == 0:  # the run finished before the kill: resume has nothing left to do
+        assert resumed.returncode == 0
+    assert resumed.returncode == 0, resumed.stderr
+    assert _epochs(run) == [1, 2, 3, 4, 5]
+    load_checkpoint(run / "checkpoints" / "best.pt").build_model()
+    assert not list((run / "checkpoints").glob(".*tmp"))
+
+
+def test_truncated_checkpoint_names_the_file(tiny_run: Path, disc_data: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.pt"
+    data = (tiny_run / "checkpoints" / "best.pt").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    assert main(["predict", str(broken), str(disc_data / "test" / "image"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.pt" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_prediction_folder_is_not_overwritten_without_asking(tiny_run: Path, disc_data: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    out = tmp_path / "pred"
+    images = str(disc_data / "test" / "image")
+    assert main(["-q", "predict", str(tiny_run), images, "--out", str(out)]) == 0
+    marker = out / "000.png"
+    marker.write_bytes(b"user's file")
+    assert main(["-q", "predict", str(tiny_run), images, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert marker.read_bytes() == b"user's file"
+    assert main(["-q", "predict", str(tiny_run), images, "--out", str(out), "--overwrite"]) == 0
+    assert marker.read_bytes() != b"user's file"
+
+
+def test_overwrite_refuses_a_folder_medunet_did_not_write(disc_data: Path, tmp_path: Path, capsys) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("a week of annotations")
+    assert main(["train", str(disc_data), "--out", str(precious), "--overwrite", *ARGS, "--epochs", "1"]) == 2
+    assert (precious / "notes.txt").read_text() == "a week of annotations"
