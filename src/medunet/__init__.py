@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "demo", "load_model", "__version__"]
+__all__ = ["train", "evaluate", "predict", "demo", "tune", "report", "load_model", "__version__"]
 
 _WHERE = {
     "train": "medunet.api.train",
     "evaluate": "medunet.api.evaluate",
     "predict": "medunet.api.predict",
     "demo": "medunet.api.demo",
+    "tune": "medunet.api.tune",
+    "report": "medunet.api.report",
 }
 
 
@@ -22,9 +24,10 @@ def load_model(path: Any, device: str = "auto") -> Any:
     """A checkpoint file or run folder → a Predictor (`.model`, `.predict(image)`, `.probabilities(images)`)."""
     from pathlib import Path
 
+    from medunet.config import PredictConfig
     from medunet.engine.predictor import Predictor
 
-    return Predictor.from_checkpoint(Path(path), device)
+    return Predictor.from_checkpoint(Path(path), PredictConfig(device=device))
 
 
 def __getattr__(name: str) -> Any:

@@ -38,6 +38,16 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H in whole pixels, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"box width and height must be positive, got {text!r}")
+    return x, y, w, h
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="medunet", description="2D medical image segmentation with U-Net.")
     parser.add_argument("--version", action="version", version=f"medunet {__version__}")
@@ -50,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
+    _add_tune(sub.add_parser("tune", parents=[common], help="choose threshold and clean-up on validation data"))
+    _add_report(sub.add_parser("report", parents=[common], help="one HTML page: config, curves, metrics, overlays"))
     return parser
 
 
@@ -80,7 +92,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("split_dir", type=Path, help="folder with image/ and label/")
     p.add_argument("--out", type=Path, help="default RUN/eval-<split name>")
     p.add_argument("--threshold", type=float)
-    p.add_argument("--device", default="auto")
+    _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -92,9 +104,19 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.tif (float32)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--crop", type=int, help="centred N×N crop through the network, pasted back")
+    p.add_argument("--crop-box", type=_box, help="X,Y,W,H box of every image through the network, pasted back")
+    p.add_argument("--boxes", type=Path, help="CSV of stem,x,y,w,h: one box per image")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
+
+
+def _add_inference(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tta", default="none", help="none | flips: average the flipped predictions")
+    p.add_argument("--max-size", type=int, default=1024, help="larger images are predicted in tiles")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (Gaussian-blended)")
+    p.add_argument("--no-postprocess", action="store_true", help="ignore the tuned clean-up steps")
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -104,9 +126,21 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("split_dir", type=Path, nargs="?", help="labelled split (default: the run's validation split)")
+    p.add_argument("--device", default="auto")
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--eval", dest="eval_dir", type=Path, help="evaluation folder (default: the newest RUN/eval-*)")
+    p.add_argument("--out", type=Path, help="HTML file (default RUN/report.html)")
+
+
 def _run(args: argparse.Namespace) -> None:
     import medunet
-    from medunet.config import DataConfig, PredictConfig, TrainConfig
+    from medunet.config import DataConfig, TrainConfig
 
     progress = not args.quiet and sys.stderr.isatty()
     if args.command == "train":
@@ -119,17 +153,27 @@ def _run(args: argparse.Namespace) -> None:
                             resume=args.resume, progress=progress)
         print(f"run folder: {run}")
     elif args.command == "evaluate":
-        PredictConfig(threshold=args.threshold, device=args.device)  # validates the options
-        summary = medunet.evaluate(args.run, args.split_dir, args.out, device=args.device,
-                                   threshold=args.threshold, overwrite=args.overwrite)
+        summary = medunet.evaluate(args.run, args.split_dir, args.out, overwrite=args.overwrite,
+                                   **_inference_options(args))
         print(format_summary(summary))
     elif args.command == "predict":
-        PredictConfig(threshold=args.threshold, crop=args.crop, batch=args.batch, device=args.device)
         written = medunet.predict(args.run, args.images, args.out, overlay=args.overlay,
-                                  probabilities=args.probabilities, threshold=args.threshold, crop=args.crop,
-                                  device=args.device, batch=args.batch, overwrite=args.overwrite,
-                                  progress=progress)
+                                  probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
+                                  overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
+                                  **_inference_options(args))
         print(f"{len(written)} masks written to {args.out}")
+    elif args.command == "tune":
+        from medunet.api.tune import tune
+
+        result = tune(args.run, args.split_dir, device=args.device)
+        for step in result.steps:
+            print(f"{step.description:<40} Dice {step.dice_before:.4f} → {step.dice_after:.4f}"
+                  f"  {'kept' if step.kept else 'not kept'}")
+        print(f"chosen: {result.config.describe()} (validation Dice {result.baseline_dice:.4f} → {result.dice:.4f})")
+    elif args.command == "report":
+        from medunet.api.report import report
+
+        print(f"report written to {report(args.run, args.eval_dir, args.out)}")
     elif args.command == "demo":
         from medunet.api.demo import DEMO_TRAIN_SECONDS
 
@@ -141,6 +185,11 @@ def _run(args: argparse.Namespace) -> None:
               f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
 
 
+def _inference_options(args: argparse.Namespace) -> dict:
+    return dict(threshold=args.threshold, device=args.device, tta=args.tta, max_size=args.max_size,
+                overlap=args.overlap, postprocess=not args.no_postprocess)
+
+
 def format_summary(summary: dict) -> str:
     """A short table of the headline metrics; Dice first, accuracy last (it flatters empty masks)."""
     lines = [f"images            {summary['n_images']}",
@@ -150,6 +199,10 @@ def format_summary(summary: dict) -> str:
              f"precision (mean)  {summary['precision_mean']:.4f}",
              f"recall (mean)     {summary['recall_mean']:.4f}",
              f"pixel accuracy    {summary['accuracy_mean']:.4f}  (high even for empty predictions)"]
+    if "hd95_mean" in summary:
+        unit = summary["distance_unit"]
+        lines += [f"HD95 (median)     {summary['hd95_median']:.2f} {unit}",
+                  f"ASSD (median)     {summary['assd_median']:.2f} {unit}"]
     for k, c in summary.get("per_class", {}).items():
         lines.append(f"class {k}: Dice (mean) {c['dice_mean']:.4f}, pooled {c['dice_global']:.4f}")
     if summary.get("n_both_empty"):

@@ -9,13 +9,14 @@ from medunet.api.evaluate import evaluate
 from medunet.api.outputs import check_free, clear
 from medunet.api.predict import predict
 from medunet.api.train import train
-from medunet.config import TrainConfig
+from medunet.config import DataConfig, TrainConfig
 from medunet.data.synthetic import make_dataset
 
 logger = logging.getLogger(__name__)
 
 # Training budget that keeps the whole demo within 5 minutes on 2 CPU cores.
 DEMO_TRAIN_SECONDS = 200.0
+DEMO_WINDOW_HU = (-200.0, 300.0)
 
 
 def demo(out: Path = Path("runs/demo"), *, train_seconds: float = DEMO_TRAIN_SECONDS, device: str = "auto",
@@ -30,7 +31,9 @@ def demo(out: Path = Path("runs/demo"), *, train_seconds: float = DEMO_TRAIN_SEC
     data = make_dataset(out / "data", counts=counts, seed=0)
     logger.info("demo data written to %s", data)
     cfg = TrainConfig(time_budget=train_seconds, device=device)
-    run = train(data, out / "run", cfg=cfg, overwrite=True, progress=progress)
+    # A soft-tissue window, as CT is read: a per-image z-score would let air and bone set the scale.
+    data_cfg = DataConfig(normalise="window", window=DEMO_WINDOW_HU)
+    run = train(data, out / "run", data_cfg=data_cfg, cfg=cfg, overwrite=True, progress=progress)
     summary = evaluate(run, data / "test", out / "eval", device=device)
     predict(run, data / "test" / "image", out / "predictions", overlay=True, device=device, progress=progress)
     summary.update(run=str(run), data=str(data), predictions=str(out / "predictions"),

@@ -6,26 +6,29 @@ import logging
 from pathlib import Path
 
 from medunet.api.outputs import staged_folder, write_json
+from medunet.config import PredictConfig
 from medunet.data.cache import read_split
 from medunet.data.pairs import find_pairs
 from medunet.engine.predictor import Predictor
 from medunet.io.images import write_mask
 from medunet.metrics import class_counts, image_metrics, summarise
+from medunet.surface import pixel_spacing, summarise_surface, surface_metrics
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 16  # images decoded at a time: bounded memory for large folders
 
 
-def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, device: str = "auto",
-             threshold: float | None = None, overwrite: bool = False) -> dict:
+def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: bool = False,
+             **options) -> dict:
     """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
 
     Returns the summary dict; writes `metrics.csv`, `summary.json` and the predicted masks
     (`masks/<stem>.png`, in the labels' encoding) into `out` (default `RUN/eval-<split name>`).
+    `options` are PredictConfig fields (device, threshold, tta, max_size, ...).
     """
     run, split_dir = Path(run), Path(split_dir)
-    predictor = Predictor.from_checkpoint(run, device, threshold=threshold)
+    predictor = Predictor.from_checkpoint(run, PredictConfig(**options))
     pairs = find_pairs(split_dir)
     out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
     n_classes = predictor.encoding.n_classes
@@ -37,10 +40,13 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, device: str
             truths = [predictor.encoding.encode(lab.values, lab.path) for lab in raw.labels]
             for pair, truth, probs in zip(raw.pairs, truths, predictor.probabilities(raw.images)):
                 pred = predictor.to_mask(probs)
-                rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes)})
+                spacing = pixel_spacing(pair.image) or pixel_spacing(pair.label)
+                rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes),
+                             **surface_metrics(truth, pred, n_classes, spacing)})
                 all_counts.append(class_counts(truth, pred, n_classes))
                 write_mask(stage / "masks" / f"{pair.stem}.png", predictor.encoding.decode(pred))
         summary = summarise(rows, all_counts, n_classes)
+        summary.update(summarise_surface(rows))
         summary.update(threshold=predictor.threshold, run=str(run.resolve()), split_dir=str(split_dir.resolve()))
         _write_rows(stage / "metrics.csv", rows)
         write_json(stage / "summary.json", summary)

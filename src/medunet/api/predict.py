@@ -1,6 +1,7 @@
 """predict(): a run's Predictor on a folder of images → masks at the originals' size and position."""
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -9,50 +10,122 @@ import tifffile
 from tqdm import tqdm
 
 from medunet.api.outputs import staged_folder
-from medunet.engine.predictor import Predictor
-from medunet.io.images import mask_suffix, read_image, write_image, write_mask
+from medunet.config import PredictConfig
 from medunet.data.pairs import list_images
+from medunet.engine.predictor import Output, Predictor
+from medunet.errors import ConfigError, DataError
+from medunet.io.images import mask_suffix, read_image, write_image, write_mask
 from medunet.report.overlay import draw_outlines
 from medunet.transforms.geometry import Geometry
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 16
+CHUNK = 16  # images decoded at a time: bounded memory for large folders
+Box = tuple[int, int, int, int]  # X, Y, W, H in pixels of the original image
 
 
 def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, probabilities: bool = False,
-            threshold: float | None = None, crop: int | None = None, device: str = "auto",
-            batch: int = 4, overwrite: bool = False, progress: bool = True) -> list[Path]:
+            crop_box: Box | None = None, boxes: Path | None = None, overwrite: bool = False,
+            progress: bool = True, **options) -> list[Path]:
     """Write one mask per image of `images_dir` into `out` (same stem, same size); returns the mask paths.
 
-    Masks use the training labels' encoding (0/255, 0/1 or class ids). `crop` sends a centred
-    `crop`×`crop` box through the network and pastes the result into a full-size background canvas.
+    Masks use the training labels' encoding (0/255, 0/1 or class ids). Only a box of each image
+    goes through the network when asked — `crop` (PredictConfig: centred N×N), `crop_box`
+    (X, Y, W, H for every image) or `boxes` (a CSV of stem,x,y,w,h) — and the result is pasted
+    back into a full-size background canvas. `options` are PredictConfig fields.
+    `flags.csv` lists images whose prediction is empty or whose area is unusual for the training data.
     """
-    predictor = Predictor.from_checkpoint(Path(run), device, batch=batch, threshold=threshold)
+    cfg = PredictConfig(**options)
+    predictor = Predictor.from_checkpoint(Path(run), cfg)
     paths = list_images(Path(images_dir))
+    box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []
+    flags: list[dict] = []
     with staged_folder(Path(out), overwrite, "prediction folder") as stage:
         bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
-            geometries = [Geometry.centre_crop(*im.shape[:2], crop) if crop else Geometry.whole(*im.shape[:2])
-                          for im in images]
-            for path, image, probs in zip(chunk, images, predictor.probabilities(images, geometries)):
-                classes = predictor.to_mask(probs)
+            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of) for p, im in zip(chunk, images)]
+            for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
+                classes = predictor.to_mask(output.probs)
                 name = f"{path.stem}{mask_suffix(path)}"
                 write_mask(stage / name, predictor.encoding.decode(classes), like=path)
                 written.append(Path(out) / name)
-                if overlay:
-                    write_image(stage / f"{path.stem}_overlay.png", draw_outlines(image, classes))
-                if probabilities:
-                    _write_probabilities(stage / f"{path.stem}_prob.tif", probs)
+                _extras(stage, path, image, classes, output, overlay, probabilities)
+                flags += _flag(path.stem, classes, predictor)
             bar.update(len(chunk))
         bar.close()
+        _write_flags(stage / "flags.csv", flags)
     logger.info("%d masks written to %s", len(written), out)
+    if flags:
+        logger.warning("%d image(s) flagged (empty or unusual area): see %s", len(flags), Path(out) / "flags.csv")
     return written
 
 
-def _write_probabilities(path: Path, probs: np.ndarray) -> None:
-    """Float32 TIFF: `(H, W)` foreground probability, or `(C, H, W)` class probabilities."""
-    tifffile.imwrite(path, probs[0] if probs.shape[0] == 1 else probs, compression="zlib")
+def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,
+              box_of: dict[str, Box]) -> Geometry:
+    box = box_of.get(path.stem, crop_box)
+    try:
+        if box is not None:
+            return Geometry.from_box(*hw, *box)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    if cfg.crop:
+        return Geometry.centre_crop(*hw, cfg.crop)
+    return Geometry.whole(*hw)
+
+
+def read_boxes(path: Path) -> dict[str, Box]:
+    """A CSV with columns stem,x,y,w,h (a header row is allowed) → {stem: (x, y, w, h)}."""
+    boxes: dict[str, Box] = {}
+    try:
+        rows = list(csv.reader(Path(path).open(newline="")))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the boxes file ({exc.strerror})") from None
+    for n, row in enumerate(rows, start=1):
+        if not row or (n == 1 and row[0].strip().lower() == "stem"):
+            continue
+        try:
+            stem, x, y, w, h = (c.strip() for c in row)
+            boxes[stem] = (int(x), int(y), int(w), int(h))
+        except ValueError:
+            raise ConfigError(f"{path}: line {n} is not stem,x,y,w,h with whole numbers: {','.join(row)}") from None
+        if boxes[stem][2] <= 0 or boxes[stem][3] <= 0:
+            raise ConfigError(f"{path}: line {n}: width and height must be positive")
+    return boxes
+
+
+def _extras(stage: Path, path: Path, image: np.ndarray, classes: np.ndarray, output: Output,
+            overlay: bool, probabilities: bool) -> None:
+    if overlay:
+        write_image(stage / f"{path.stem}_overlay.png", draw_outlines(image, classes))
+    if probabilities:
+        _write_float(stage / f"{path.stem}_prob.tif", output.probs)
+        if output.variance is not None:
+            _write_float(stage / f"{path.stem}_var.tif", output.variance)
+
+
+def _write_float(path: Path, maps: np.ndarray) -> None:
+    """Float32 TIFF: `(H, W)` for one channel, `(C, H, W)` for class maps."""
+    tifffile.imwrite(path, (maps[0] if maps.shape[0] == 1 else maps).astype(np.float32), compression="zlib")
+
+
+def _flag(stem: str, classes: np.ndarray, predictor: Predictor) -> list[dict]:
+    """An empty prediction, or a foreground share outside what the training labels showed."""
+    share = float(np.mean(classes > 0))
+    stats = predictor.area_stats
+    reasons = []
+    if share == 0.0:
+        reasons.append("empty prediction")
+    elif stats and not (stats["min"] / 2 <= share <= max(stats["max"] * 2, stats["min"] / 2)):
+        reasons.append(f"foreground share {share:.4f} outside the training range "
+                       f"{stats['min']:.4f}–{stats['max']:.4f} (halved/doubled)")
+    return [{"stem": stem, "foreground_share": f"{share:.6f}", "reason": "; ".join(reasons)}] if reasons else []
+
+
+def _write_flags(path: Path, flags: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["stem", "foreground_share", "reason"])
+        writer.writeheader()
+        writer.writerows(flags)

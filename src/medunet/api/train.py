@@ -11,9 +11,10 @@ import torch
 
 from medunet import __version__
 from medunet.api.outputs import check_free, clear, write_json
+from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
-from medunet.data.cache import RawSplit, build_cache, read_split
+from medunet.data.cache import RawSplit, area_stats, build_cache, read_split
 from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, split_train_val, write_split
 from medunet.data.pairs import read_split as read_split_file
@@ -87,9 +88,9 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
                 f"{count_parameters(model):,}", device, batch)
     clear(out)
     _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch)
-    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress)
     caches = (build_cache(dataset.train, data_cfg, dataset.encoding),
               build_cache(dataset.val, data_cfg, dataset.encoding))
+    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(caches[0]))
     return _fit(model, caches, cfg, job)
 
 
@@ -101,6 +102,7 @@ def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | 
                              f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
     logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
                 state.epoch, state.elapsed, state.best_dice, job.run_dir)
+    tune(job.run_dir, device=job.device.type)
     return job.run_dir
 
 
@@ -126,11 +128,11 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
         cfg = replace(cfg, device=overrides.device)
     splits = read_split_file(out / "split.json")
     train_raw, val_raw = read_split(splits["train"]), read_split(splits["validation"])
-    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding,
-              resolve_device(cfg.device), stored["batch"], progress)
-    logger.info("resuming %s after epoch %d", out, ckpt.train.get("epoch", 0))
     caches = (build_cache(train_raw, ckpt.data_config, ckpt.encoding),
               build_cache(val_raw, ckpt.data_config, ckpt.encoding))
+    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding,
+              resolve_device(cfg.device), stored["batch"], progress, ckpt.area_stats)
+    logger.info("resuming %s after epoch %d", out, ckpt.train.get("epoch", 0))
     model = ckpt.build_model().train()
     return _fit(model, caches, cfg, job, resume=ckpt.train)
 

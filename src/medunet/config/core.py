@@ -129,6 +129,10 @@ class PredictConfig:
     crop: int | None = None              # centred N×N crop through the network, pasted back
     batch: int = 4
     device: str = "auto"
+    tta: str = "none"                    # none | flips: average over horizontal/vertical flips
+    max_size: int = 1024                 # images with a longer side go through in tiles
+    overlap: float = 0.25                # tile overlap, blended with Gaussian weights
+    postprocess: bool = True             # apply the checkpoint's tuned post-processing
 
     def __post_init__(self) -> None:
         _check(self.threshold is None or 0.0 < self.threshold < 1.0,
@@ -136,6 +140,9 @@ class PredictConfig:
         _check(self.crop is None or self.crop >= 8, f"--crop must be at least 8, got {self.crop}")
         _check(self.batch >= 1, f"--batch must be at least 1, got {self.batch}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.tta in ("none", "flips"), f"--tta must be none or flips, got {self.tta!r}")
+        _check(self.max_size >= 32, f"--max-size must be at least 32, got {self.max_size}")
+        _check(0.0 <= self.overlap < 1.0, f"--overlap must be in [0, 1), got {self.overlap}")
 
 
 def _check(ok: bool, message: str) -> None:

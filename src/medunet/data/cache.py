@@ -62,3 +62,13 @@ def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) ->
         images=[normalise(im, data_cfg) for im in raw.images],
         labels=[encoding.encode(lab.values, lab.path) for lab in raw.labels],
     )
+
+
+def area_stats(cache: Cache) -> dict[str, float]:
+    """Foreground share of the labels: min and max over non-empty labels, mean over all, empty share."""
+    shares = np.array([float(np.mean(label > 0)) for label in cache.labels])
+    present = shares[shares > 0]
+    if present.size == 0:
+        return {}
+    return {"min": float(present.min()), "max": float(present.max()), "mean": float(shares.mean()),
+            "empty_share": float(np.mean(shares == 0))}

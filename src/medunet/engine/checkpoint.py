@@ -33,6 +33,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     postprocess: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    area_stats: dict[str, float] = field(default_factory=dict)  # training labels' foreground share
     version: str = __version__
 
     def build_model(self) -> UNet:
@@ -52,6 +53,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "label_encoding": ckpt.encoding.to_dict(),
         "postprocess": ckpt.postprocess,
         "train": ckpt.train,
+        "area_stats": ckpt.area_stats,
     }
     atomic_torch_save(path, payload)
 
@@ -91,6 +93,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             state_dict=payload["model"],
             postprocess=payload.get("postprocess", {}),
             train=payload.get("train", {}),
+            area_stats=payload.get("area_stats", {}),
             version=payload.get("version", "?"),
         )
     except (KeyError, TypeError, ValueError) as exc:

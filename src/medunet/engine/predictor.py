@@ -1,99 +1,150 @@
 """Predictor: the one path from an image to probabilities, shared by validation, evaluate and predict."""
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 
-from medunet.config import DataConfig
+from medunet.config import DataConfig, PredictConfig
 from medunet.data.encoding import LabelEncoding
 from medunet.engine.checkpoint import Checkpoint, load_checkpoint
+from medunet.engine import postprocess
 from medunet.engine.device import autocast, memory_format, resolve_device
+from medunet.engine.postprocess import PostprocessConfig
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry
 from medunet.transforms.intensity import normalise
 
+# Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
+TTA_FLIPS = {"none": [()], "flips": [(), (-1,), (-2,), (-2, -1)]}
+
+
+@dataclass
+class Output:
+    """Probabilities `(K, H, W)` and, with TTA, their variance over the flips `(K, H, W)` (else None)."""
+
+    probs: np.ndarray
+    variance: np.ndarray | None = None
+
 
 class Predictor:
-    """A model with its preprocessing and label encoding.
+    """A model with its preprocessing, label encoding and inference options.
 
     Probabilities are `(K, H, W)` float32: K = 1 (foreground, sigmoid) or K = C classes (softmax).
     """
 
-    def __init__(self, model: UNet, data_cfg: DataConfig, encoding: LabelEncoding,
-                 device: torch.device, batch: int = 4, threshold: float = 0.5) -> None:
+    def __init__(self, model: UNet, data_cfg: DataConfig, encoding: LabelEncoding, device: torch.device,
+                 cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
+                 area_stats: dict | None = None) -> None:
         self.model = model
         self.data_cfg = data_cfg
         self.encoding = encoding
         self.device = device
-        self.batch = batch
-        self.threshold = threshold
+        self.cfg = cfg or PredictConfig()
+        post = post if post is not None and self.cfg.postprocess else PostprocessConfig()
+        if self.cfg.threshold is not None:
+            post = dataclasses.replace(post, threshold=self.cfg.threshold)
+        self.post = post  # threshold and clean-up steps applied by to_mask
+        self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
     @classmethod
-    def from_checkpoint(cls, path: Path | Checkpoint, device: str = "auto", batch: int = 4,
-                        threshold: float | None = None) -> "Predictor":
+    def from_checkpoint(cls, path: Path | Checkpoint, cfg: PredictConfig | None = None) -> "Predictor":
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
-        dev = resolve_device(device)
+        cfg = cfg or PredictConfig()
+        dev = resolve_device(cfg.device)
         model = ckpt.build_model().to(dev, memory_format=memory_format(dev))
-        chosen = threshold if threshold is not None else ckpt.postprocess.get("threshold", 0.5)
-        return cls(model, ckpt.data_config, ckpt.encoding, dev, batch, chosen)
+        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
+                   ckpt.area_stats)
 
     @property
     def sigmoid(self) -> bool:
         return self.model.cfg.out_channels == 1
 
-    def predict_normalised(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Normalised inputs `(C, H, W)` → probabilities `(K, H, W)`, batched by equal size."""
+    def predict_normalised(self, inputs: list[np.ndarray]) -> list[Output]:
+        """Normalised inputs `(C, H, W)` → outputs at the same size; equal sizes share batches.
+
+        Inputs whose longer side exceeds `max_size` go through in Gaussian-blended tiles.
+        """
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, x in enumerate(inputs):
             by_shape[x.shape].append(i)
-        out: list[np.ndarray] = [np.empty(0)] * len(inputs)
+        out: list[Output] = [Output(np.empty(0))] * len(inputs)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for indices in by_shape.values():
-                    for start in range(0, len(indices), self.batch):
-                        chunk = indices[start:start + self.batch]
-                        probs = self._forward(np.stack([inputs[i] for i in chunk]))
-                        for i, p in zip(chunk, probs):
-                            out[i] = p
+                for shape, indices in by_shape.items():
+                    step = 1 if max(shape[-2:]) > self.cfg.max_size else self.cfg.batch
+                    for start in range(0, len(indices), step):
+                        chunk = indices[start:start + step]
+                        results = self._run(np.stack([inputs[i] for i in chunk]))
+                        for i, result in zip(chunk, results):
+                            out[i] = result
         finally:
             self.model.train(was_training)
         return out
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, memory_format=memory_format(self.device))
+    def _run(self, batch: np.ndarray) -> list[Output]:
+        """`(B, C, H, W)` → B outputs, averaging over the TTA flips."""
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=memory_format(self.device))
+        members = []
+        for dims in TTA_FLIPS[self.cfg.tta]:
+            xf = torch.flip(x, dims) if dims else x
+            p = self._probabilities(xf)
+            members.append(torch.flip(p, dims) if dims else p)
+        stack = torch.stack(members)
+        mean = stack.mean(0).cpu().numpy()
+        var = stack.var(0, unbiased=False).cpu().numpy() if len(members) > 1 else None
+        return [Output(mean[b], None if var is None else var[b]) for b in range(len(batch))]
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        if max(x.shape[-2:]) > self.cfg.max_size:
+            m = self.model.cfg.multiple
+            tile = max(m, self.cfg.max_size // m * m)
+            return sliding_window_inference(x, (tile, tile), sw_batch_size=self.cfg.batch, predictor=self._forward,
+                                            overlap=self.cfg.overlap, mode="gaussian")
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):
             logits = self.model(x)
         logits = logits.float()
-        probs = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
-        return probs.cpu().numpy()
+        return torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
 
-    def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
-        """Raw images `(H, W)` / `(H, W, 3)` → probabilities `(K, H, W)` at each image's full size.
+    def outputs(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[Output]:
+        """Raw images `(H, W)` / `(H, W, 3)` → outputs at each image's full size.
 
         With geometries, only each box goes through the network and the result is pasted back
-        into a canvas of background.
+        into a canvas of background (variance 0 there).
         """
         if geometries is None:
             geometries = [Geometry.whole(*im.shape[:2]) for im in images]
         inputs = [g.apply(normalise(im, self.data_cfg)) for im, g in zip(images, geometries)]
-        probs = self.predict_normalised(inputs)
-        return [g.invert(p, fill=self._background()) for p, g in zip(probs, geometries)]
+        results = self.predict_normalised(inputs)
+        return [Output(g.invert(r.probs, fill=self._background()),
+                       None if r.variance is None else g.invert(r.variance, fill=0.0))
+                for r, g in zip(results, geometries)]
+
+    def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
+        """Like `outputs`, probabilities only."""
+        return [o.probs for o in self.outputs(images, geometries)]
 
     def _background(self) -> np.ndarray:
         k = self.model.cfg.out_channels
         return np.zeros(1, np.float32) if k == 1 else np.eye(k, dtype=np.float32)[0]
 
-    def to_mask(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8."""
-        if self.sigmoid:
-            t = self.threshold if threshold is None else threshold
-            return (probs[0] > t).astype(np.uint8)
-        return probs.argmax(axis=0).astype(np.uint8)
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
+
+    def to_mask(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8, post-processed as configured."""
+        return postprocess.apply(probs, self.post)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """One raw image → a mask `(H, W)` in the label encoding of the training data (e.g. 0/255)."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medunet.config import AugmentConfig, DataConfig, TrainConfig
+from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig
 from medunet.data.cache import Cache
 from medunet.data.encoding import LabelEncoding
 from medunet.data.sampler import CropSampler
@@ -48,6 +48,7 @@ class Job:
     device: torch.device
     batch: int
     progress: bool = True
+    area_stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
     loop = Loop(model, optimiser, CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share),
                 build_loss(model.cfg.out_channels), generator, rng,
                 math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch))
-    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, batch=job.batch)
+    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch))
     try:
         while _should_continue(state, cfg):
             start = time.perf_counter()
@@ -205,10 +206,10 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | Non
 
 def validate(predictor: Predictor, val: Cache) -> float:
     """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`."""
-    probs = predictor.predict_normalised(val.images)
+    outputs = predictor.predict_normalised(val.images)
     n_classes = predictor.encoding.n_classes
-    return float(np.mean([image_metrics(t, predictor.to_mask(p), n_classes)["dice"]
-                          for t, p in zip(val.labels, probs)]))
+    return float(np.mean([image_metrics(t, predictor.to_mask(o.probs), n_classes)["dice"]
+                          for t, o in zip(val.labels, outputs)]))
 
 
 def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, val_dice: float,
@@ -224,12 +225,13 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
     ckpt_dir = job.run_dir / "checkpoints"
     if improved:
         save_checkpoint(ckpt_dir / "best.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                         train=dict(epoch=state.epoch, val_dice=val_dice)))
+                                                         train=dict(epoch=state.epoch, val_dice=val_dice),
+                                                         area_stats=job.area_stats))
     write_history(job.run_dir / "history.csv", state.history)
     plot_history(state.history, job.run_dir / "curves.png")
     # last.pt goes last: once it names epoch N, everything of epoch N is on disk.
     save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                     train=_snapshot(loop, state, cfg)))
+                                                     train=_snapshot(loop, state, cfg), area_stats=job.area_stats))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
     logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs", state.epoch, budget, loss,
                 val_dice, "  (best)" if improved else "", rate, state.elapsed)

@@ -1,0 +1,46 @@
+"""tune(): choose the threshold and clean-up steps on the validation split; store them in the checkpoint."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medunet.config import PredictConfig
+from medunet.data.cache import read_split
+from medunet.data.pairs import find_pairs
+from medunet.data.pairs import read_split as read_split_file
+from medunet.engine import postprocess
+from medunet.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from medunet.engine.predictor import Predictor
+from medunet.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+
+def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto") -> postprocess.TuneResult:
+    """Tune post-processing of the run's best checkpoint on its validation split (or `split_dir`).
+
+    The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it.
+    """
+    run = Path(run)
+    path = find_checkpoint(run) if run.is_dir() else run
+    ckpt = load_checkpoint(path)
+    pairs = find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path)
+    raw = read_split(pairs)
+    predictor = Predictor.from_checkpoint(ckpt, PredictConfig(device=device, postprocess=False))
+    truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
+    result = postprocess.tune(predictor.probabilities(raw.images), truths, ckpt.encoding.n_classes)
+    ckpt.postprocess = result.config.to_dict()
+    save_checkpoint(path, ckpt)
+    for step in result.steps:
+        logger.info("tune: %-40s Dice %.4f → %.4f  %s", step.description, step.dice_before, step.dice_after,
+                    "kept" if step.kept else "not kept")
+    logger.info("tune: %s; validation Dice %.4f → %.4f, stored in %s", result.config.describe(),
+                result.baseline_dice, result.dice, path)
+    return result
+
+
+def _validation_pairs(checkpoint: Path) -> list:
+    split = checkpoint.parent.parent / "split.json"
+    if not split.is_file():
+        raise CheckpointError(f"{checkpoint}: no split.json beside it; give the split folder to tune on")
+    return read_split_file(split)["validation"]

@@ -1,0 +1,137 @@
+"""Prediction geometry and inference options: exact paste-back, TTA, tiles, boxes, flags."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medunet.cli import main
+from medunet.config import DataConfig, ModelConfig, PredictConfig
+from medunet.data.encoding import LabelEncoding
+from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.predictor import Predictor
+from medunet.io.images import read_image
+from medunet.models.unet import UNet
+from medunet.transforms.geometry import Geometry
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (64, 64), (5, 200)])
+@pytest.mark.parametrize("make", [
+    lambda h, w: Geometry.whole(h, w),
+    lambda h, w: Geometry.centre_crop(h, w, 16),
+    lambda h, w: Geometry.centre_crop(h, w, 500),   # larger than the image: taken whole
+    lambda h, w: Geometry.from_box(h, w, 3, 1, 20, 30),
+    lambda h, w: Geometry.from_box(h, w, -5, -5, 12, 9),  # clipped at the top-left corner
+])
+def test_paste_back_is_exact(hw: tuple[int, int], make) -> None:
+    image = np.random.default_rng(0).integers(0, 1000, hw)
+    g = make(*hw)
+    pasted = g.invert(g.apply(image), fill=-1)
+    y0, x0, h, w = g.box
+    assert pasted.shape == hw
+    assert np.array_equal(pasted[y0:y0 + h, x0:x0 + w], image[y0:y0 + h, x0:x0 + w])
+    outside = np.ones(hw, bool)
+    outside[y0:y0 + h, x0:x0 + w] = False
+    assert np.all(pasted[outside] == -1)
+
+
+def _predictor(cfg: PredictConfig, symmetric: bool = False) -> Predictor:
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(base_width=4, depth=2, norm="none", dropout=0.0, head="plain"))
+    if symmetric:  # every kernel flip-symmetric: the network commutes with flips
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+                    w = m.weight
+                    w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+                if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (2, 2):
+                    m.weight.copy_(m.weight.mean(dim=(-2, -1), keepdim=True).expand_as(m.weight))
+    return Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"), cfg)
+
+
+def test_tta_on_a_flip_symmetric_input_equals_no_tta() -> None:
+    rng = np.random.default_rng(1)
+    quarter = rng.normal(size=(16, 16))
+    half = np.concatenate([quarter, quarter[:, ::-1]], axis=1)
+    image = np.concatenate([half, half[::-1]], axis=0).astype(np.float32)  # symmetric under both flips
+    plain = _predictor(PredictConfig()).outputs([image])[0]
+    tta = _predictor(PredictConfig(tta="flips")).outputs([image])[0]
+    assert plain.variance is None and tta.variance is not None
+    np.testing.assert_allclose(tta.probs, plain.probs, atol=2e-2)  # bf16 autocast rounds a little
+    assert float(tta.variance.max()) < 1e-3
+
+
+def test_tta_averages_flipped_predictions() -> None:
+    image = np.random.default_rng(2).normal(size=(32, 48)).astype(np.float32)
+    p = _predictor(PredictConfig())
+    flips = [p.outputs([image[:, ::-1].copy()])[0].probs[..., ::-1],
+             p.outputs([image[::-1].copy()])[0].probs[..., ::-1, :],
+             p.outputs([image[::-1, ::-1].copy()])[0].probs[..., ::-1, ::-1],
+             p.outputs([image])[0].probs]
+    tta = _predictor(PredictConfig(tta="flips")).outputs([image])[0].probs
+    np.testing.assert_allclose(tta, np.mean(flips, axis=0), atol=1e-5)
+
+
+def test_tiles_agree_with_whole_image_inside() -> None:
+    image = np.random.default_rng(3).normal(size=(150, 210)).astype(np.float32)
+    whole = _predictor(PredictConfig(max_size=1024)).outputs([image])[0].probs
+    tiled = _predictor(PredictConfig(max_size=64, overlap=0.5)).outputs([image])[0].probs
+    assert tiled.shape == whole.shape == (1, 150, 210)
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    assert float(np.abs(tiled[inner] - whole[inner]).mean()) < 0.02
+    assert float(np.abs(tiled - whole).max()) < 0.25
+
+
+def test_boxes_file_and_flags(tiny_run: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem, value in (("bright", 250), ("dark", 0)):
+        Image.fromarray(np.full((50, 70), value, np.uint8)).save(images / f"{stem}.png")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("stem,x,y,w,h\nbright,10,5,20,30\n")
+    out = tmp_path / "pred"
+    assert main(["-q", "predict", str(tiny_run), str(images), "--out", str(out), "--boxes", str(boxes),
+                 "--threshold", "0.01", "--no-postprocess", "--probabilities", "--tta", "flips"]) == 0
+    mask = read_image(out / "bright.png")
+    assert mask.shape == (50, 70)
+    assert mask[5:35, 10:30].all() and mask.sum() == mask[5:35, 10:30].sum()
+    assert read_image(out / "bright_prob.tif").shape == (50, 70)
+    assert read_image(out / "bright_var.tif").shape == (50, 70)
+    flagged = {r["stem"]: r["reason"] for r in csv.DictReader((out / "flags.csv").open())}
+    stats = load_checkpoint(tiny_run / "checkpoints" / "best.pt").area_stats
+    for stem in ("bright", "dark"):
+        share = float(np.mean(read_image(out / f"{stem}.png") > 0))
+        unusual = share == 0 or not stats["min"] / 2 <= share <= stats["max"] * 2
+        assert (stem in flagged) == unusual, (stem, share, stats)
+    assert "dark" in flagged  # a constant image: all foreground at threshold 0.01, or empty
+
+
+def test_bad_boxes_file(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(images / "a.png")
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("a,1,2,three,4\n")
+    assert main(["predict", str(tiny_run), str(images), "--out", str(tmp_path / "p"), "--boxes", str(boxes)]) == 2
+    err = capsys.readouterr().err
+    assert "boxes.csv" in err and "line 1" in err
+
+
+def test_tiff_masks_keep_resolution_tags(tiny_run: Path, tmp_path: Path) -> None:
+    import tifffile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "a.tif", np.full((40, 30), 100, np.uint8), resolution=(20, 20),
+                     resolutionunit="CENTIMETER")
+    out = tmp_path / "pred"
+    assert main(["-q", "predict", str(tiny_run), str(images), "--out", str(out)]) == 0
+    with tifffile.TiffFile(out / "a.tif") as tif:
+        page = tif.pages[0]
+        assert page.shape == (40, 30)
+        assert page.tags["XResolution"].value == (20, 1)
+        assert int(page.tags["ResolutionUnit"].value) == 3  # centimetre
