@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
+    _add_augment(sub.add_parser("augment", parents=[common], help="write augmented copies of a split (augment-to-N)"))
     _add_tune(sub.add_parser("tune", parents=[common], help="choose threshold and clean-up on validation data"))
     _add_report(sub.add_parser("report", parents=[common], help="one HTML page: config, curves, metrics, overlays"))
     return parser
@@ -80,6 +81,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", default="default", help="augmentation preset")
     p.add_argument("--normalise", default="zscore", help="zscore | minmax | window | percentile")
     p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window for --normalise window")
+    p.add_argument("--percentiles", type=_pair, default=(0.5, 99.5), help="LOW,HIGH for --normalise percentile")
+    p.add_argument("--crop-mode", default="random",
+                   help="random | center | label_box: where training crops come from (center: predict does the same)")
+    p.add_argument("--crop-margin", type=int, default=16, help="pixels around the label box for label_box")
+    p.add_argument("--foreground-share", type=float, default=0.0,
+                   help="share of training crops centred on foreground (small structures)")
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
     p.add_argument("--samples-per-epoch", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -126,6 +133,16 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def _add_augment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("split_dir", type=Path, help="folder with image/ and label/, e.g. DATA/train")
+    p.add_argument("--to", type=int, default=0, help="number of augmented pairs to write")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--preset", default="seed", help="augmentation preset (default: the tutorial's, seed)")
+    p.add_argument("--preview", type=int, default=0, help="also write preview.png with N samples and outlines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
 def _add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder or checkpoint")
     p.add_argument("split_dir", type=Path, nargs="?", help="labelled split (default: the run's validation split)")
@@ -145,7 +162,8 @@ def _run(args: argparse.Namespace) -> None:
     progress = not args.quiet and sys.stderr.isatty()
     if args.command == "train":
         data_cfg = DataConfig(size=args.size, normalise=args.normalise, window=args.window,
-                              label_mode=args.label_mode)
+                              percentiles=args.percentiles, crop=args.crop_mode, crop_margin=args.crop_margin,
+                              foreground_share=args.foreground_share, label_mode=args.label_mode)
         cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                           lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                           samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic)
@@ -162,6 +180,12 @@ def _run(args: argparse.Namespace) -> None:
                                   overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                                   **_inference_options(args))
         print(f"{len(written)} masks written to {args.out}")
+    elif args.command == "augment":
+        from medunet.api.augment import augment
+
+        out = augment(args.split_dir, args.out, to=args.to, preset=args.preset, preview=args.preview,
+                      seed=args.seed, overwrite=args.overwrite)
+        print(f"{args.to} augmented pairs written to {out}" + (f"; preview: {out / 'preview.png'}" if args.preview else ""))
     elif args.command == "tune":
         from medunet.api.tune import tune
 

@@ -10,7 +10,7 @@ import tifffile
 from tqdm import tqdm
 
 from medunet.api.outputs import staged_folder
-from medunet.config import PredictConfig
+from medunet.config import DataConfig, PredictConfig
 from medunet.data.pairs import list_images
 from medunet.engine.predictor import Output, Predictor
 from medunet.errors import ConfigError, DataError
@@ -46,7 +46,8 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
-            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of) for p, im in zip(chunk, images)]
+            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of, predictor.data_cfg)
+                          for p, im in zip(chunk, images)]
             for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
                 classes = predictor.to_mask(output.probs)
                 name = f"{path.stem}{mask_suffix(path)}"
@@ -64,7 +65,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
 
 
 def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,
-              box_of: dict[str, Box]) -> Geometry:
+              box_of: dict[str, Box], data_cfg: DataConfig) -> Geometry:
     box = box_of.get(path.stem, crop_box)
     try:
         if box is not None:
@@ -73,6 +74,8 @@ def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box
         raise DataError(f"{path}: {exc}") from None
     if cfg.crop:
         return Geometry.centre_crop(*hw, cfg.crop)
+    if data_cfg.crop == "center":  # trained on the centred crop: predict on the same one
+        return Geometry.centre_crop(*hw, data_cfg.size)
     return Geometry.whole(*hw)
 
 

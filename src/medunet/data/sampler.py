@@ -13,11 +13,13 @@ class CropSampler:
     after z-scoring) with background label. A share of crops is centred on a foreground pixel.
     """
 
-    def __init__(self, cache: Cache, size: int, rng: np.random.Generator, foreground_share: float = 0.0) -> None:
+    def __init__(self, cache: Cache, size: int, rng: np.random.Generator, foreground_share: float = 0.0,
+                 mode: str = "random", margin: int = 16) -> None:
         self.cache = cache
         self.size = size
         self.rng = rng
         self.foreground_share = foreground_share
+        self.regions = [region(label, mode, size, margin) for label in cache.labels]
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.size
@@ -25,8 +27,11 @@ class CropSampler:
         images = np.zeros((batch_size, channels, s, s), np.float32)
         labels = np.zeros((batch_size, s, s), np.int64)
         for b, i in enumerate(self.rng.integers(0, len(self.cache), batch_size)):
-            image, label = self.cache.images[i], self.cache.labels[i]
+            y0, x0, y1, x1 = self.regions[i]
+            image, label = self.cache.images[i][:, y0:y1, x0:x1], self.cache.labels[i][y0:y1, x0:x1]
             centre = self._foreground_centre(int(i)) if self.rng.random() < self.foreground_share else None
+            if centre is not None:
+                centre = (centre[0] - y0, centre[1] - x0)
             (sy, dy), (sx, dx) = (self._window(label.shape[a], None if centre is None else centre[a])
                                   for a in (0, 1))
             images[b, :, dy, dx] = image[:, sy, sx]
@@ -51,3 +56,20 @@ class CropSampler:
             return slice(start, start + s), slice(0, s)
         offset = int(self.rng.integers(0, s - length + 1))
         return slice(0, length), slice(offset, offset + length)
+
+
+def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, int, int, int]:
+    """The part `(y0, x0, y1, x1)` of an image that training crops come from.
+
+    random: the whole image; center: the centred `size`×`size` box (the tutorial's hand-made
+    crops); label_box: the label's bounding box plus `margin` (the whole image when it is empty).
+    """
+    h, w = label.shape
+    if mode == "center":
+        ch, cw = min(size, h), min(size, w)
+        return (h - ch) // 2, (w - cw) // 2, (h - ch) // 2 + ch, (w - cw) // 2 + cw
+    if mode == "label_box" and label.any():
+        rows, cols = np.flatnonzero(label.any(axis=1)), np.flatnonzero(label.any(axis=0))
+        return (max(0, rows[0] - margin), max(0, cols[0] - margin),
+                min(h, rows[-1] + 1 + margin), min(w, cols[-1] + 1 + margin))
+    return 0, 0, h, w

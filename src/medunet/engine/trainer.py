@@ -79,7 +79,9 @@ def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
     state = State()
     if resume is not None:
         _restore(resume, optimiser, rng, generator, state)
-    loop = Loop(model, optimiser, CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share),
+    sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share, job.data_cfg.crop,
+                          job.data_cfg.crop_margin)
+    loop = Loop(model, optimiser, sampler,
                 build_loss(model.cfg.out_channels), generator, rng,
                 math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch))
     predictor = Predictor(model, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch))
