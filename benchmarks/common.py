@@ -49,3 +49,39 @@ def medunet(*args: str) -> float:
     start = time.perf_counter()
     subprocess.run([str(exe), *args], check=True)
     return time.perf_counter() - start
+
+
+def cvc_by_sequence(root: Path, first_test_frame: int = 504) -> Path:
+    """CVC-ClinicDB subset split by video sequence: frames ≥ 504 (sequences 25–29) → test/, the rest → train/.
+
+    Frames of one sequence are near-duplicates (PROVENANCE.md), so a split by frame would leak.
+    """
+    src = SHARED / "cvc-clinicdb" / "train"
+    if root.exists():
+        shutil.rmtree(root)
+    for split in ("train", "test"):
+        for sub in ("image", "label"):
+            (root / split / sub).mkdir(parents=True)
+    for image in sorted((src / "image").glob("*.tif")):
+        split = "test" if int(image.stem) >= first_test_frame else "train"
+        shutil.copy(image, root / split / "image" / image.name)
+        shutil.copy(src / "label" / image.name, root / split / "label" / image.name)
+    return root
+
+
+def drive() -> Path:
+    """DRIVE as shipped: train/ (20) and test/ (20), the official split; fov/ beside image/ and label/."""
+    return SHARED / "drive-retina"
+
+
+def f1_inside_fov(pred_dir: Path, split: Path) -> float:
+    """Pooled F1 (Dice) of vessel pixels inside the field-of-view masks over all images of `split`."""
+    tp = fp = fn = 0
+    for label_path in sorted((split / "label").iterdir()):
+        truth = np.asarray(Image.open(label_path)) > 127
+        fov = np.asarray(Image.open(split / "fov" / label_path.name)) > 127
+        pred = np.asarray(Image.open(next(pred_dir.glob(f"{label_path.stem}.*")))) > 127
+        tp += int(np.sum(truth & pred & fov))
+        fp += int(np.sum(~truth & pred & fov))
+        fn += int(np.sum(truth & ~pred & fov))
+    return 2 * tp / (2 * tp + fp + fn)

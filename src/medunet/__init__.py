@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "demo", "tune", "report", "load_model", "__version__"]
+__all__ = ["train", "evaluate", "predict", "demo", "tune", "report", "doctor", "load_model", "__version__"]
 
 _WHERE = {
     "train": "medunet.api.train",
@@ -17,6 +17,7 @@ _WHERE = {
     "demo": "medunet.api.demo",
     "tune": "medunet.api.tune",
     "report": "medunet.api.report",
+    "doctor": "medunet.api.doctor",
 }
 
 

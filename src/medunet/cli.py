@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
+    _add_doctor(sub.add_parser("doctor", parents=[common], help="check a dataset for data traps; --fix writes a cleaned copy"))
     _add_augment(sub.add_parser("augment", parents=[common], help="write augmented copies of a split (augment-to-N)"))
     _add_tune(sub.add_parser("tune", parents=[common], help="choose threshold and clean-up on validation data"))
     _add_report(sub.add_parser("report", parents=[common], help="one HTML page: config, curves, metrics, overlays"))
@@ -133,6 +134,11 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def _add_doctor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="DATA with train/ (validation/, test/), or one folder with image/ and label/")
+    p.add_argument("--fix", type=Path, metavar="OUT", help="write a cleaned copy to OUT (new or empty, outside DATA)")
+
+
 def _add_augment(p: argparse.ArgumentParser) -> None:
     p.add_argument("split_dir", type=Path, help="folder with image/ and label/, e.g. DATA/train")
     p.add_argument("--to", type=int, default=0, help="number of augmented pairs to write")
@@ -155,7 +161,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="HTML file (default RUN/report.html)")
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     import medunet
     from medunet.config import DataConfig, TrainConfig
 
@@ -180,6 +186,13 @@ def _run(args: argparse.Namespace) -> None:
                                   overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                                   **_inference_options(args))
         print(f"{len(written)} masks written to {args.out}")
+    elif args.command == "doctor":
+        from medunet.api.doctor import doctor
+        from medunet.data.doctor import format_report
+
+        report = doctor(args.data, fix_out=args.fix)
+        print(format_report(report))
+        return 0 if report.ok else 2
     elif args.command == "augment":
         from medunet.api.augment import augment
 
@@ -241,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        _run(args)
+        code = _run(args)
     except RunInterrupted as exc:
         print(f"medunet {args.command}: {exc}", file=sys.stderr)
         return 130
@@ -251,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medunet: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
 from medunet.data.cache import RawSplit, area_stats, build_cache, read_split
+from medunet.data.doctor import ENCODING_CHECKS, diagnose
 from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, split_train_val, write_split
 from medunet.data.pairs import read_split as read_split_file
@@ -22,7 +23,7 @@ from medunet.engine.device import resolve_device
 from medunet.engine.checkpoint import load_checkpoint
 from medunet.engine.trainer import Job, TrainingInterrupted, fit
 from medunet.models.unet import UNet, count_parameters
-from medunet.errors import CheckpointError, ConfigError, RunInterrupted
+from medunet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
 from medunet.transforms.intensity import is_colour
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,17 @@ class Dataset:
 
 
 def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
-    """Pair, split and decode; every check that can fail on the user's data runs here, before any output."""
-    splits = dataset_splits(Path(data).resolve())  # absolute paths in split.json: resume from anywhere
+    """Pair, split and decode; every check that can fail on the user's data runs here, before any output.
+
+    The doctor's quick checks come first, so a data trap is refused with its clear message; the
+    test split is left to `evaluate`, which names its own problems.
+    """
+    splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
+    report = diagnose(Path(data), quick=True)
+    problem = report.first_error(ignore=() if data_cfg.label_mode == "auto" else ENCODING_CHECKS,
+                                 splits=("train", "validation"))
+    if problem:
+        raise DataError(problem)
     if "validation" in splits:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:

@@ -135,7 +135,7 @@ class _Pool:
 def _pool(labels: Iterable[LabelFile]) -> _Pool:
     pool = _Pool(counts=Counter())
     for label in labels:
-        values, counts = _value_counts(label.values)
+        values, counts = value_counts(label.values)
         pool.counts.update(dict(zip(values.tolist(), counts.tolist())))
         pool.n_files += 1
         pool.lossy |= label.lossy
@@ -147,7 +147,7 @@ def _pool(labels: Iterable[LabelFile]) -> _Pool:
     return pool
 
 
-def _value_counts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def value_counts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their pixel counts; bincount (no sort, no copy) for 8/16-bit masks."""
     flat = np.asarray(raw).ravel()
     if flat.dtype in (np.uint8, np.uint16):

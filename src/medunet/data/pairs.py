@@ -32,7 +32,8 @@ class Pair:
 def natural_key(name: str) -> list:
     """Sort key that puts "2.png" before "10.png" and ignores case."""
     # re.split with a group alternates text and digit runs, so ints only meet ints when compared.
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    # Odd positions are the digit runs; str.isdigit() would also take "²", which int() refuses.
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -31,6 +31,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".b
 TIFF_SUFFIXES = (".tif", ".tiff")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 _PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 # Whole-slide and stitched medical images exceed Pillow's default bomb limit (~89 Mpx); 2**31 pixels
 # still stops a hostile file from claiming terabytes. Only ever raised, never lowered.
@@ -74,8 +75,8 @@ def read_image(path: Path) -> np.ndarray:
 
     Returns:
         (H, W) grey or (H, W, 3) RGB array: uint8, uint16, float32 (float files), or int16/int32
-        (signed TIFF, e.g. CT in HU). Alpha is dropped, palette images become RGB, 1-bit becomes
-        uint8 0/255.
+        (signed TIFF, e.g. CT in HU). Alpha is dropped, palette images become RGB (grey when the
+        palette used is grey), 1-bit becomes uint8 0/255.
 
     Raises:
         DataError: the file is missing, unreadable, not 2D, empty, or holds NaN/Inf.
@@ -113,6 +114,9 @@ def read_label(path: Path) -> LabelFile:
     if array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):
             raise DataError(f"{path}: float label with non-integer values; save class ids or a mask")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -2**31 or hi >= 2**31:  # checked before the cast, which would wrap silently
+            raise DataError(f"{path}: label values between {lo:g} and {hi:g} do not fit 32-bit integers")
         array = _smallest_int(array.astype(np.int64), path)
     return LabelFile(path=path, values=np.ascontiguousarray(array), lossy=raw.lossy, palette=raw.palette)
 
@@ -126,7 +130,8 @@ def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
     readers = [("tifffile", _read_tiff), ("Pillow", _read_pil)]
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    # The bytes decide, not the suffix: Pillow reads a 16-bit RGB TIFF named .png as 8-bit.
+    if path.suffix.lower() not in TIFF_SUFFIXES and not _is_tiff(path):
         readers.reverse()
     failures = []
     for name, reader in readers:
@@ -143,6 +148,14 @@ def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
     raise DataError(f"{path}: cannot read image ({'; '.join(failures)})")
 
 
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     text = text[:120]
@@ -153,13 +166,12 @@ def _read_tiff(path: Path, palette_indices: bool) -> _Raw:
     """Read the first series of a TIFF; a stack of several 2D slices is refused."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        shape = _squeeze(series.shape)
-        colour = len(shape) == 3 and (shape[-1] in (2, 3, 4) or shape[0] in (3, 4))
-        if len(shape) > 3 or (len(shape) == 3 and not colour):
+        order = _yx_order(series.shape, series.axes)
+        if order is None:
             raise DataError(f"{path}: unsupported image shape {tuple(series.shape)} "
                             f"(axes {series.axes}): a 3D stack? medunet reads 2D images, "
                             "one file per slice")
-        array = series.asarray().reshape(shape)
+        array = series.asarray().reshape(order[0]).transpose(order[1])
         page = series.keyframe
         lossy = page.compression in (tifffile.COMPRESSION.JPEG, tifffile.COMPRESSION.OJPEG)
         palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and array.ndim == 2
@@ -168,14 +180,27 @@ def _read_tiff(path: Path, palette_indices: bool) -> _Raw:
     return _Raw(array, lossy=lossy, palette=palette and palette_indices)
 
 
-def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Drop leading length-1 axes (ImageJ's T, Z, C) and a single trailing sample, never Y or X."""
-    dims = list(shape)
-    while len(dims) > 2 and dims[0] == 1:
-        dims.pop(0)
-    if len(dims) == 3 and dims[-1] == 1:
-        dims.pop()
-    return tuple(dims)
+def _yx_order(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """How to bring a TIFF series to (H, W) or (H, W, C): (squeezed shape, transpose order).
+
+    Length-1 axes other than Y and X are dropped (ImageJ's T, Z, C, a single sample), so a
+    1-pixel-high RGB image stays (1, W, 3). One more axis is kept as channels, moved last: samples
+    (S) of 2 to 4 (grey+alpha, RGB, RGBA) or 3 to 4 planes of another kind (planar RGB). Anything
+    else is a stack: None.
+    """
+    if len(axes) != len(shape) or "Y" not in axes or "X" not in axes:
+        axes = "Q" * (len(shape) - 2) + "YX" if len(shape) >= 2 else ""
+        if len(shape) == 3 and shape[-1] in (2, 3, 4) and shape[0] not in (3, 4):
+            axes = "YXS"  # a contiguous colour image without axis names
+    if len(shape) < 2:
+        return None
+    kept = [(a, n) for a, n in zip(axes, shape) if n != 1 or a in "YX"]
+    other = [(i, a, n) for i, (a, n) in enumerate(kept) if a not in "YX"]
+    if len(other) > 1 or (other and other[0][2] not in ((2, 3, 4) if other[0][1] == "S" else (3, 4))):
+        return None
+    names = [a for a, _ in kept]
+    order = [names.index("Y"), names.index("X")] + [i for i, _, _ in other]
+    return tuple(n for _, n in kept), tuple(order)
 
 
 def _apply_colormap(index: np.ndarray, colormap: np.ndarray | None) -> np.ndarray:
@@ -185,12 +210,20 @@ def _apply_colormap(index: np.ndarray, colormap: np.ndarray | None) -> np.ndarra
     rgb = np.moveaxis(colormap[:, index], 0, -1)
     if colormap.dtype == np.uint16:
         rgb = (rgb // 257).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+    return _grey_if_equal(rgb)
+
+
+def _grey_if_equal(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) from a palette → (H, W) when the palette used is grey (a grey GIF is a grey image)."""
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
     return rgb
 
 
 def _read_pil(path: Path, palette_indices: bool) -> _Raw:
     """Read the first frame with Pillow; `.load()` inside the `with` so truncation raises here."""
     with Image.open(path) as im:
+        rawmode = str(im.tile[0].args) if im.tile else ""
         im.load()
         lossy = im.format in ("JPEG", "MPO")
         mode = im.mode
@@ -199,10 +232,13 @@ def _read_pil(path: Path, palette_indices: bool) -> _Raw:
         if mode in ("P", "PA"):
             if palette_indices:
                 return _Raw(np.asarray(im.getchannel(0)), lossy, palette=True)
-            return _Raw(np.asarray(im.convert("RGB")), lossy)
+            return _Raw(_grey_if_equal(np.asarray(im.convert("RGB"))), lossy)
         if mode in ("L", "LA", "La"):
             return _Raw(np.asarray(im.getchannel(0)), lossy)
         if mode == "RGB":
+            if im.format == "PNG" and ";16" in rawmode:
+                logger.warning("%s: 16-bit colour PNG read as 8-bit (Pillow keeps the high byte); "
+                               "save 16-bit colour as TIFF to keep every bit", path)
             return _Raw(np.asarray(im), lossy)
         if mode.startswith("I") or mode == "F":
             array = np.asarray(im)
@@ -238,6 +274,9 @@ def _normalise_dtype(array: np.ndarray, path: Path) -> np.ndarray:
     if kind == "b":
         return array.astype(np.uint8) * 255
     if kind == "f":
+        if size > 4 and array.size and np.isfinite(array).all() \
+                and np.abs(array).max() > np.finfo(np.float32).max:
+            raise DataError(f"{path}: pixel values up to {np.abs(array).max():g} exceed 32-bit float")
         return array.astype(np.float32)
     if (kind, size) in (("u", 1), ("u", 2), ("i", 2), ("i", 4)):
         return array.astype(array.dtype.newbyteorder("="), copy=False)
