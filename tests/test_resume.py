@@ -117,3 +117,26 @@ def test_overwrite_refuses_a_folder_medunet_did_not_write(disc_data: Path, tmp_p
     (precious / "notes.txt").write_text("a week of annotations")
     assert main(["train", str(disc_data), "--out", str(precious), "--overwrite", *ARGS, "--epochs", "1"]) == 2
     assert (precious / "notes.txt").read_text() == "a week of annotations"
+
+
+def test_non_finite_losses_skip_steps_then_stop(disc_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    real = trainer._step
+    calls = {"n": 0}
+
+    def poisoned(loop, x, y, job):
+        calls["n"] += 1
+        if calls["n"] == 1:  # one bad step in epoch 1: skipped, training goes on
+            return None
+        if calls["n"] > 3:   # from epoch 2 on every step is bad: training must stop
+            return None
+        return real(loop, x, y, job)
+
+    monkeypatch.setattr(trainer, "_step", poisoned)
+    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+    run = tmp_path / "run"
+    argv = ["train", str(disc_data), "--out", str(run), "--epochs", "4", *ARGS, "--samples-per-epoch", "12"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "NaN/Inf" in err and "last.pt" in err and len(err.strip().splitlines()) == 1
+    assert load_checkpoint(run / "checkpoints" / "last.pt").train["epoch"] == 1
+    assert _epochs(run) == [1]
