@@ -87,6 +87,16 @@ def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> No
     assert not list((run / "checkpoints").glob(".*tmp"))
 
 
+def test_resume_clears_what_a_killed_writer_left(disc_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS]) == 0
+    stale = run / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"PK\x03\x04 half a zip")
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert not stale.exists()
+    assert _epochs(run) == [1, 2]
+
+
 def test_truncated_checkpoint_names_the_file(tiny_run: Path, disc_data: Path, tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.pt"
     data = (tiny_run / "checkpoints" / "best.pt").read_bytes()

@@ -20,7 +20,7 @@ from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, split_train_val, write_split
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine.device import resolve_device
-from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.checkpoint import load_checkpoint, remove_stale_temporaries
 from medunet.engine.trainer import Job, TrainingInterrupted, fit
 from medunet.models.unet import UNet, count_parameters
 from medunet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
@@ -127,6 +127,8 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
 def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     """Rebuild everything from the run folder: config.json, split.json and checkpoints/last.pt."""
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    for tmp in remove_stale_temporaries(out / "checkpoints"):
+        logger.info("removed %s, half-written when the previous run was killed", tmp.name)
     try:
         stored = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as exc:

@@ -72,6 +72,14 @@ def atomic_torch_save(path: Path, payload: Any) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete `.NAME.*.tmp` files a killed writer left behind (SIGKILL skips the cleanup above)."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint; a missing, truncated or foreign file raises CheckpointError naming it."""
     path = Path(path)

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+# The object API draws to a file without pyplot, so importing medunet never switches the backend of
+# a user's notebook or GUI session.
+from matplotlib.figure import Figure
 
 
 def plot_history(history: list[dict], path: Path) -> None:
     """Write `curves.png`: training loss (left) and validation Dice (right) against epoch."""
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax_loss, ax_dice = fig.subplots(1, 2)
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss (BCE/CE + Dice)", title="loss")
     ax_dice.plot(epochs, [row["val_dice"] for row in history], marker="o", ms=3, color="tab:green")
@@ -23,5 +23,4 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
