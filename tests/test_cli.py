@@ -52,6 +52,26 @@ def test_train_evaluate_predict_through_the_cli(disc_data: Path, tmp_path: Path,
             assert (out / f"{src.stem}_overlay.png").is_file()
 
 
+def test_several_classes_end_to_end(disc_data: Path, tmp_path: Path) -> None:
+    """Masks holding 0/100/200 train a softmax network; metrics per class; masks come back as 0/100/200."""
+    for label in disc_data.glob("*/label/*.png"):
+        mask = read_image(label)
+        halves = np.where(np.arange(mask.shape[1]) < mask.shape[1] // 2, 100, 200).astype(np.uint8)
+        Image.fromarray(np.where(mask > 0, halves[None, :], 0).astype(np.uint8)).save(label)
+    run = tmp_path / "run"
+    assert _train(disc_data, run) == 0
+    assert main(["-q", "evaluate", str(run), str(disc_data / "test"), "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(summary["per_class"]) == {"1", "2"}
+    rows = list(csv.DictReader((tmp_path / "eval" / "metrics.csv").open()))
+    assert {"dice_c1", "dice_c2"} <= set(rows[0])
+    out = tmp_path / "pred"
+    assert main(["-q", "predict", str(run), str(disc_data / "test" / "image"), "--out", str(out)]) == 0
+    for src in sorted((disc_data / "test" / "image").iterdir()):
+        mask = read_image(out / src.name)
+        assert mask.shape == read_image(src).shape[:2] and set(np.unique(mask)) <= {0, 100, 200}
+
+
 def test_crop_prediction_is_background_outside_the_box(tiny_run: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
@@ -118,6 +138,9 @@ def test_unknown_label_class_at_evaluation(tiny_run: Path, disc_data: Path, tmp_
 @pytest.mark.parametrize("option, message", [
     (["--lr", "-1"], "--lr"), (["--size", "5"], "--size"), (["--device", "tpu"], "--device"),
     (["--preset", "huge"], "--preset"), (["--epochs", "0"], "--epochs"), (["--time", "soon"], "--time"),
+    (["--window", "-200,300", "--normalise", "minmax"], "--window applies only with --normalise window"),
+    (["--percentiles", "1,99", "--normalise", "zscore"], "--percentiles applies only"),
+    (["--normalise", "window"], "needs --window"),
 ])
 def test_bad_option_values(disc_data: Path, tmp_path: Path, capsys, option: list[str], message: str) -> None:
     argv = ["train", str(disc_data), "--out", str(tmp_path / "run"), *option]
@@ -131,6 +154,24 @@ def test_bad_predict_options(tiny_run: Path, disc_data: Path, tmp_path: Path, ca
                                             "--threshold", "2"])
     assert "no such checkpoint" in _error(capsys, ["predict", str(tmp_path / "x.pt"), images, "--out",
                                                    str(tmp_path / "p")])
+
+
+def test_two_images_with_one_stem_are_refused_at_prediction(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "01.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "01.tif")
+    err = _error(capsys, ["predict", str(tiny_run), str(images), "--out", str(tmp_path / "p")])
+    assert "01.png" in err and "01.tif" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_unwritable_output_is_one_line(tiny_run: Path, disc_data: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    err = _error(capsys, ["predict", str(tiny_run), str(disc_data / "test" / "image"),
+                          "--out", str(blocker / "masks")])
+    assert "file" in err
 
 
 def test_existing_run_is_not_overwritten(tiny_run: Path, disc_data: Path, capsys) -> None:

@@ -297,6 +297,23 @@ def test_fix_maps_classes_to_ids_and_binarises_mixed_masks(tmp_path):
     assert report.encoding == "binary masks 0/255"
 
 
+def test_fix_that_fails_half_way_leaves_no_copy(disc_data, tmp_path, monkeypatch):
+    from medunet.data import doctor as doctor_module
+
+    written = []
+
+    def full_disk_after_two(path, mask):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+
+    monkeypatch.setattr(doctor_module, "write_mask", full_disk_after_two)
+    with pytest.raises(OSError):
+        fix(disc_data, tmp_path / "clean")
+    assert not (tmp_path / "clean").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [disc_data.name]  # no staging folder left either
+
+
 def test_fix_refuses_unsafe_targets(disc_data, tmp_path):
     with pytest.raises(DataError, match="outside the dataset"):
         fix(disc_data, disc_data / "clean")

@@ -85,3 +85,17 @@ def test_centre_crop_training_is_recorded_and_predict_does_the_same(disc_data: P
     outside = mask.copy()
     outside[14:46, 22:54] = 0
     assert mask.shape == (61, 77) and not outside.any()
+    # evaluate goes through the same Predictor and so sees the same centred crop
+    ev = tmp_path / "eval"
+    assert main(["-q", "evaluate", str(run), str(disc_data / "test"), "--out", str(ev),
+                 "--threshold", "0.01", "--no-postprocess"]) == 0
+    for predicted in out.glob("*.png"):
+        assert np.array_equal(read_image(ev / "masks" / f"{predicted.stem}.png"), read_image(predicted))
+
+
+def test_window_alone_means_window_normalisation(disc_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", "--size", "32", "--batch", "4",
+                 "--samples-per-epoch", "4", "--device", "cpu", "--window", "-50,200"]) == 0
+    cfg = load_checkpoint(run / "checkpoints" / "best.pt").data_config
+    assert cfg.normalise == "window" and tuple(cfg.window) == (-50.0, 200.0)

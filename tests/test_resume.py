@@ -68,21 +68,19 @@ def test_interrupt_says_how_to_resume(disc_data: Path, tmp_path: Path, monkeypat
 def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out", str(run),
-           "--epochs", "5", *ARGS]
+           "--epochs", "8", *ARGS, "--samples-per-epoch", "32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))  # somewhere in a later epoch, or between files
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
+    time.sleep(random.uniform(0.0, 1.5))  # somewhere in a later epoch, or while a file is written
+    assert proc.poll() is None, "training ended before it could be killed: make the epochs longer"
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     resumed = subprocess.run([sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out",
                               str(run), "--resume"], capture_output=True, text=True)
-    if proc.returncode == 0:  # the run finished before the kill: resume has nothing left to do
-        assert resumed.returncode == 0
     assert resumed.returncode == 0, resumed.stderr
-    assert _epochs(run) == [1, 2, 3, 4, 5]
+    assert _epochs(run) == list(range(1, 9))
     load_checkpoint(run / "checkpoints" / "best.pt").build_model()
     assert not list((run / "checkpoints").glob(".*tmp"))
 
@@ -150,3 +148,46 @@ def test_non_finite_losses_skip_steps_then_stop(disc_data: Path, tmp_path: Path,
     assert "NaN/Inf" in err and "last.pt" in err and len(err.strip().splitlines()) == 1
     assert load_checkpoint(run / "checkpoints" / "last.pt").train["epoch"] == 1
     assert _epochs(run) == [1]
+
+
+def test_nan_gradients_never_reach_the_weights_and_count_across_epochs(disc_data: Path, tmp_path: Path,
+                                                                      monkeypatch, capsys) -> None:
+    real_build = trainer.build_loss
+    calls = {"n": 0}
+
+    def nan_gradients_after_first_step(channels):
+        real = real_build(channels)
+
+        def loss(logits, target):
+            calls["n"] += 1
+            value = real(logits, target)
+            if calls["n"] == 1:
+                return value
+            # sqrt at 0: the value stays finite (adds 0) but the gradient is inf × 0 = NaN
+            return value + torch.sqrt(logits.float().mean() * 0)
+        return loss
+
+    monkeypatch.setattr(trainer, "build_loss", nan_gradients_after_first_step)
+    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+    run = tmp_path / "run"
+    argv = ["train", str(disc_data), "--out", str(run), "--epochs", "6", *ARGS, "--samples-per-epoch", "4"]
+    assert main(argv) == 2  # one step per epoch: the bad steps must add up across epochs
+    assert "NaN/Inf" in capsys.readouterr().err
+    assert _epochs(run) == [1, 2, 3]
+    weights = load_checkpoint(run / "checkpoints" / "last.pt").state_dict
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_interrupt_in_the_first_epoch_says_nothing_was_saved(disc_data: Path, tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_epoch", interrupt)
+    run = tmp_path / "run"
+    assert main(["train", str(disc_data), "--out", str(run), "--epochs", "3", *ARGS]) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was saved" in err and "--overwrite" in err and "--resume" not in err
+    assert not (run / "checkpoints" / "last.pt").exists()
+    monkeypatch.undo()
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS, "--overwrite"]) == 0

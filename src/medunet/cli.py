@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medunet import __version__
-from medunet.errors import MedunetError, RunInterrupted
+from medunet.errors import ConfigError, MedunetError, RunInterrupted
 
 logger = logging.getLogger("medunet")
 
@@ -80,9 +80,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", default="default", help="augmentation preset")
-    p.add_argument("--normalise", default="zscore", help="zscore | minmax | window | percentile")
-    p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window for --normalise window")
-    p.add_argument("--percentiles", type=_pair, default=(0.5, 99.5), help="LOW,HIGH for --normalise percentile")
+    p.add_argument("--normalise", help="zscore (default) | minmax | window | percentile")
+    p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window (implies --normalise window)")
+    p.add_argument("--percentiles", type=_pair,
+                   help="LOW,HIGH clip percentiles, default 0.5,99.5 (implies --normalise percentile)")
     p.add_argument("--crop-mode", default="random",
                    help="random | center | label_box: where training crops come from (center: predict does the same)")
     p.add_argument("--crop-margin", type=int, default=16, help="pixels around the label box for label_box")
@@ -161,14 +162,29 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="HTML file (default RUN/report.html)")
 
 
+PAIR_OPTIONS = ("--window", "--percentiles")
+
+
+def _normalisation(args: argparse.Namespace) -> str:
+    """--window or --percentiles alone choose their normalisation; with another one they would be
+    silently ignored, so that is refused."""
+    implied = "window" if args.window else "percentile" if args.percentiles else None
+    if args.window and args.percentiles:
+        raise ConfigError("--window and --percentiles are two different normalisations: give one")
+    if implied and args.normalise not in (None, implied):
+        option = "--window" if implied == "window" else "--percentiles"
+        raise ConfigError(f"{option} applies only with --normalise {implied}, not {args.normalise}")
+    return args.normalise or implied or "zscore"
+
+
 def _run(args: argparse.Namespace) -> int:
     import medunet
     from medunet.config import DataConfig, TrainConfig
 
     progress = not args.quiet and sys.stderr.isatty()
     if args.command == "train":
-        data_cfg = DataConfig(size=args.size, normalise=args.normalise, window=args.window,
-                              percentiles=args.percentiles, crop=args.crop_mode, crop_margin=args.crop_margin,
+        data_cfg = DataConfig(size=args.size, normalise=_normalisation(args), window=args.window,
+                              percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
                               foreground_share=args.foreground_share, label_mode=args.label_mode)
         cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                           lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
@@ -247,7 +263,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _join_negative_pairs(argv: list[str]) -> list[str]:
+    """`--window -200,300` → `--window=-200,300`: argparse takes "-200,300" for an option (CT windows
+    start below zero), so a LOW,HIGH value that starts with a minus is attached to its option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in PAIR_OPTIONS and re.fullmatch(r"-[\d.]+,-?[\d.]+", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _join_negative_pairs(list(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and bad options: argparse has printed its line
@@ -264,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medunet: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        print(f"medunet {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     return code or 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medunet.api.outputs import staged_folder
+from medunet.io.outputs import staged_folder
 from medunet.config import AugmentConfig, augment_preset
 from medunet.data.cache import read_split
 from medunet.data.encoding import detect_encoding

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from medunet.api.evaluate import evaluate
-from medunet.api.outputs import check_free, clear
+from medunet.io.outputs import check_free, clear
 from medunet.api.predict import predict
 from medunet.api.train import train
 from medunet.config import DataConfig, TrainConfig

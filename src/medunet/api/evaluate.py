@@ -5,7 +5,7 @@ import csv
 import logging
 from pathlib import Path
 
-from medunet.api.outputs import staged_folder, write_json
+from medunet.io.outputs import staged_folder, write_json
 from medunet.config import PredictConfig
 from medunet.data.cache import read_split
 from medunet.data.pairs import find_pairs

@@ -9,9 +9,9 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from medunet.api.outputs import staged_folder
-from medunet.config import DataConfig, PredictConfig
-from medunet.data.pairs import list_images
+from medunet.io.outputs import staged_folder
+from medunet.config import PredictConfig
+from medunet.data.pairs import images_by_stem
 from medunet.engine.predictor import Output, Predictor
 from medunet.errors import ConfigError, DataError
 from medunet.io.images import mask_suffix, read_image, write_image, write_mask
@@ -37,7 +37,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     """
     cfg = PredictConfig(**options)
     predictor = Predictor.from_checkpoint(Path(run), cfg)
-    paths = list_images(Path(images_dir))
+    paths = list(images_by_stem(Path(images_dir)).values())  # one mask per stem: clashes refused
     box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []
     flags: list[dict] = []
@@ -46,7 +46,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
-            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of, predictor.data_cfg)
+            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of, predictor)
                           for p, im in zip(chunk, images)]
             for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
                 classes = predictor.to_mask(output.probs)
@@ -65,7 +65,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
 
 
 def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,
-              box_of: dict[str, Box], data_cfg: DataConfig) -> Geometry:
+              box_of: dict[str, Box], predictor: Predictor) -> Geometry:
     box = box_of.get(path.stem, crop_box)
     try:
         if box is not None:
@@ -74,9 +74,7 @@ def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box
         raise DataError(f"{path}: {exc}") from None
     if cfg.crop:
         return Geometry.centre_crop(*hw, cfg.crop)
-    if data_cfg.crop == "center":  # trained on the centred crop: predict on the same one
-        return Geometry.centre_crop(*hw, data_cfg.size)
-    return Geometry.whole(*hw)
+    return predictor.default_geometry(*hw)
 
 
 def read_boxes(path: Path) -> dict[str, Box]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from medunet import __version__
-from medunet.api.outputs import check_free, clear, write_json
+from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
@@ -108,6 +108,9 @@ def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | 
     try:
         state = fit(model, *caches, cfg, job, resume=resume)
     except TrainingInterrupted as stop:
+        if stop.epoch == 0:
+            raise RunInterrupted(f"interrupted during the first epoch; no checkpoint was saved in {job.run_dir}; "
+                                 f"start again with: medunet train DATA --out {job.run_dir} --overwrite") from None
         raise RunInterrupted(f"interrupted; {job.run_dir}/checkpoints/last.pt holds epoch {stop.epoch}; "
                              f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
     logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",

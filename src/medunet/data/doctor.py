@@ -36,6 +36,7 @@ from medunet.data.pairs import SPLITS, list_images, natural_key
 from medunet.errors import DataError
 from medunet.io.images import (IMAGE_SUFFIXES, LabelFile, read_image, read_label, write_image,
                                write_mask)
+from medunet.io.outputs import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -807,6 +808,18 @@ def fix(data_dir: Path, out: Path) -> Report:
     scan = _scan(data_dir, quick=True)
     if not scan.folders:
         raise DataError(f"{data_dir}: {scan.report.first_error() or 'nothing to copy'}")
+    with staged_folder(out, overwrite=False, what="cleaned copy") as stage:  # whole or not at all
+        written = _write_copy(scan, stage)
+    report = diagnose(out)
+    notes = [Finding("warning", s, str(data_dir / p), f"left out of the copy: {why}", "left_out")
+             for s, p, why in dict.fromkeys(scan.left_out)]
+    notes.append(Finding("info", "", None, f"cleaned copy of {data_dir}: {written} pairs written", "fix"))
+    report.findings[:0] = notes
+    return report
+
+
+def _write_copy(scan: _Scan, out: Path) -> int:
+    """The usable pairs of `scan` into `out` in the same layout; returns how many were written."""
     to_mask = _mask_writer(scan)
     written = 0
     for name, items in scan.items.items():
@@ -820,12 +833,7 @@ def fix(data_dir: Path, out: Path) -> Report:
                 written += 1
             else:
                 _leave_out_partner(item, scan)
-    report = diagnose(out)
-    notes = [Finding("warning", s, str(data_dir / p), f"left out of the copy: {why}", "left_out")
-             for s, p, why in dict.fromkeys(scan.left_out)]
-    notes.append(Finding("info", "", None, f"cleaned copy of {data_dir}: {written} pairs written", "fix"))
-    report.findings[:0] = notes
-    return report
+    return written
 
 
 def _leave_out_partner(item: _Item, scan: _Scan) -> None:

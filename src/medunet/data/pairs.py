@@ -55,7 +55,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (natural_key(p.name), p.name))
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def images_by_stem(folder: Path) -> dict[str, Path]:
     """Images of `folder` keyed by stem; DataError when two files share a stem."""
     found: dict[str, list[Path]] = {}
     for path in list_images(folder):
@@ -93,10 +93,10 @@ def find_pairs(split_dir: Path, labels: bool = True) -> list[Pair]:
         if not (split_dir / sub).is_dir():
             raise DataError(f"{split_dir}: no {sub}/ folder (expected {split_dir / 'image'} "
                             f"and {split_dir / 'label'})")
-    images = _by_stem(split_dir / "image")
+    images = images_by_stem(split_dir / "image")
     if not labels:
         return [Pair(stem, path, None) for stem, path in images.items()]
-    masks = _by_stem(split_dir / "label")
+    masks = images_by_stem(split_dir / "label")
     _check_orphans(split_dir, images, masks)
     return [Pair(stem, path, masks[stem]) for stem, path in images.items()]
 

@@ -122,13 +122,25 @@ class Predictor:
         With geometries, only each box goes through the network and the result is pasted back
         into a canvas of background (variance 0 there).
         """
+        return self.outputs_normalised([normalise(im, self.data_cfg) for im in images], geometries)
+
+    def outputs_normalised(self, inputs: list[np.ndarray],
+                           geometries: list[Geometry] | None = None) -> list[Output]:
+        """Like `outputs`, for images already normalised to `(C, H, W)` (the training cache)."""
         if geometries is None:
-            geometries = [Geometry.whole(*im.shape[:2]) for im in images]
-        inputs = [g.apply(normalise(im, self.data_cfg)) for im, g in zip(images, geometries)]
-        results = self.predict_normalised(inputs)
+            geometries = [self.default_geometry(*x.shape[-2:]) for x in inputs]
+        results = self.predict_normalised([g.apply(x) for x, g in zip(inputs, geometries)])
         return [Output(g.invert(r.probs, fill=self._background()),
                        None if r.variance is None else g.invert(r.variance, fill=0.0))
                 for r, g in zip(results, geometries)]
+
+    def default_geometry(self, height: int, width: int) -> Geometry:
+        """What goes through the network when no box is given: the centred crop the model was
+        trained on (`--crop-mode center`), else the whole image. Validation, evaluate, tune and
+        predict all come through here, so they see the same pixels."""
+        if self.data_cfg.crop == "center":
+            return Geometry.centre_crop(height, width, self.data_cfg.size)
+        return Geometry.whole(height, width)
 
     def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
         """Like `outputs`, probabilities only."""

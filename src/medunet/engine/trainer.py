@@ -110,6 +110,7 @@ class Loop:
     generator: torch.Generator
     rng: np.random.Generator
     steps: int
+    bad_steps: int = 0  # consecutive non-finite steps, across epoch boundaries (short epochs on CUDA)
 
 
 class TrainingInterrupted(Exception):
@@ -167,7 +168,7 @@ def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds
 def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
     loop.model.train()
     start = time.perf_counter()
-    losses, bad = [], 0
+    losses = []
     bar = tqdm(range(loop.steps), desc=f"epoch {state.epoch + 1}", unit="batch", leave=False,
                disable=not job.progress, dynamic_ncols=True)
     for step in bar:
@@ -179,14 +180,14 @@ def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
         x, y = augment_batch(x, y, job.augment, loop.generator)
         loss = _step(loop, x.contiguous(memory_format=memory_format(job.device)), y, job)
         if loss is None:
-            bad += 1
-            logger.warning("epoch %d step %d: non-finite loss, step skipped", state.epoch + 1, step + 1)
-            if bad >= MAX_BAD_STEPS:
-                raise TrainingDiverged(f"{job.run_dir}: loss was NaN/Inf for {bad} steps in a row; "
+            loop.bad_steps += 1
+            logger.warning("epoch %d step %d: non-finite loss or gradient, step skipped", state.epoch + 1, step + 1)
+            if loop.bad_steps >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"{job.run_dir}: loss was NaN/Inf for {loop.bad_steps} steps in a row; "
                                        "training stopped, checkpoints/last.pt holds the last good epoch "
                                        "(try a lower --lr)")
             continue
-        bad = 0
+        loop.bad_steps = 0
         losses.append(loss)
         rate = (step + 1) * job.batch / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.1f}")
@@ -194,7 +195,8 @@ def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
 
 
 def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | None:
-    """One optimiser step; None (and no update) when the loss is not finite."""
+    """One optimiser step; None (and no update) when the loss or a gradient is not finite, so NaN
+    never reaches the weights or a checkpoint."""
     loop.optimiser.zero_grad(set_to_none=True)
     with autocast(job.device):
         logits = loop.model(x)
@@ -202,13 +204,16 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | Non
     if not torch.isfinite(loss):
         return None
     loss.backward()
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in loop.model.parameters() if p.grad is not None])
+    if not torch.isfinite(grad_norm):
+        return None
     loop.optimiser.step()
     return float(loss.detach())
 
 
 def validate(predictor: Predictor, val: Cache) -> float:
     """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`."""
-    outputs = predictor.predict_normalised(val.images)
+    outputs = predictor.outputs_normalised(val.images)
     n_classes = predictor.encoding.n_classes
     return float(np.mean([image_metrics(t, predictor.to_mask(o.probs), n_classes)["dice"]
                           for t, o in zip(val.labels, outputs)]))
