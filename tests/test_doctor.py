@@ -354,3 +354,28 @@ def test_binary_01_mask_among_jpeg_masks_reads_empty_and_fix_repairs_it(disc_dat
     assert clean.ok, messages(clean, "error")
     fixed = read_label(tmp_path / "clean/train/label/001.png").values
     assert set(np.unique(fixed).tolist()) == {0, 255}
+
+
+def test_training_decodes_each_file_once_and_leaves_test_alone(disc_data, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from medunet.api.train import train
+    from medunet.config import TrainConfig
+    from medunet.data import cache as cache_module
+    from medunet.data import doctor as doctor_module
+
+    reads = Counter()
+    for module in (cache_module, doctor_module):
+        for name in ("read_image", "read_label"):
+            real = getattr(module, name)
+
+            def counting(path, *args, _real=real, **kwargs):
+                reads[Path(path).resolve()] += 1
+                return _real(path, *args, **kwargs)
+            monkeypatch.setattr(module, name, counting)
+    cfg = TrainConfig(epochs=1, batch=4, samples_per_epoch=4, device="cpu", preset="small")
+    from medunet.config import DataConfig
+    train(disc_data, tmp_path / "run", data_cfg=DataConfig(size=32), cfg=cfg, progress=False)
+    expected = {p.resolve() for split in ("train", "validation") for p in (disc_data / split).rglob("*.png")}
+    assert set(reads) == expected
+    assert set(reads.values()) == {1}

@@ -208,6 +208,21 @@ def test_tune_multi_class_fills_holes():
     assert result.dice == pytest.approx(mean_dice(probs, truths, result.config, 3))
 
 
+def test_tune_keeps_as_many_objects_as_the_truth_has():
+    """Two true objects and a false one bigger than any min_size candidate: keep the 2 largest."""
+    probs, truths = [], []
+    for shift in range(4):
+        truth = np.zeros((40, 40), np.uint8)
+        truth[2 + shift:12 + shift, 2:12] = 1     # two 10×10 objects (median size 100 px)
+        truth[25:35, 25 - shift:35 - shift] = 1
+        pred = truth.copy()
+        pred[28:36, 3:11] = 1                     # a false 8×8 object: 64 px > 0.5 × 100
+        probs.append(pred[None].astype(np.float32))
+        truths.append(truth)
+    result = tune(probs, truths, n_classes=2)
+    assert result.config.keep_largest == 2 and result.dice == pytest.approx(1.0)
+
+
 def test_tune_refuses_mismatched_inputs():
     probs, truths = speckled_discs(2)
     with pytest.raises(ValueError, match="as many"):

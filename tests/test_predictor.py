@@ -53,6 +53,21 @@ def _predictor(cfg: PredictConfig, symmetric: bool = False) -> Predictor:
     return Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"), cfg)
 
 
+def test_single_clean_up_steps_override_the_stored_choice() -> None:
+    from medunet.engine.postprocess import PostprocessConfig
+
+    model = UNet(ModelConfig(base_width=4, depth=2, norm="none", dropout=0.0, head="plain"))
+    stored = PostprocessConfig(threshold=0.3, min_size=5, fill_holes=True)
+
+    def post(cfg: PredictConfig) -> PostprocessConfig:
+        return Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"), cfg, stored).post
+
+    assert post(PredictConfig()) == stored
+    assert post(PredictConfig(keep_largest=2, fill_holes=False)) == PostprocessConfig(
+        threshold=0.3, min_size=5, keep_largest=2, fill_holes=False)
+    assert post(PredictConfig(postprocess=False, min_size=7)) == PostprocessConfig(min_size=7)
+
+
 def test_tta_on_a_flip_symmetric_input_equals_no_tta() -> None:
     rng = np.random.default_rng(1)
     quarter = rng.normal(size=(16, 16))

@@ -126,6 +126,9 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-size", type=int, default=1024, help="larger images are predicted in tiles")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (Gaussian-blended)")
     p.add_argument("--no-postprocess", action="store_true", help="ignore the tuned clean-up steps")
+    p.add_argument("--keep-largest", type=int, metavar="K", help="keep the K largest objects of each class (0: off)")
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes in objects (or not)")
+    p.add_argument("--min-size", type=int, metavar="PX", help="remove objects under PX pixels (0: off)")
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -240,7 +243,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _inference_options(args: argparse.Namespace) -> dict:
     return dict(threshold=args.threshold, device=args.device, tta=args.tta, max_size=args.max_size,
-                overlap=args.overlap, postprocess=not args.no_postprocess)
+                overlap=args.overlap, postprocess=not args.no_postprocess, keep_largest=args.keep_largest,
+                fill_holes=args.fill_holes, min_size=args.min_size)
 
 
 def format_summary(summary: dict) -> str:

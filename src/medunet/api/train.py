@@ -15,7 +15,7 @@ from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
 from medunet.data.cache import RawSplit, area_stats, build_cache, read_split
-from medunet.data.doctor import ENCODING_CHECKS, diagnose
+from medunet.data.doctor import ENCODING_CHECKS, check_and_read
 from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, split_train_val, write_split
 from medunet.data.pairs import read_split as read_split_file
@@ -47,7 +47,7 @@ def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
     test split is left to `evaluate`, which names its own problems.
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
-    report = diagnose(Path(data), quick=True)
+    report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
     problem = report.first_error(ignore=() if data_cfg.label_mode == "auto" else ENCODING_CHECKS,
                                  splits=("train", "validation"))
     if problem:
@@ -56,7 +56,7 @@ def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:
         train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed)
-    train, val = read_split(train_pairs), read_split(val_pairs)
+    train, val = read_split(train_pairs, decoded), read_split(val_pairs, decoded)
     encoding = detect_encoding(train.labels + val.labels, data_cfg.label_mode)
     channels = 3 if any(is_colour(im) for im in train.images) else 1
     record = {"train": train_pairs, "validation": val_pairs}
@@ -101,10 +101,11 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     caches = (build_cache(dataset.train, data_cfg, dataset.encoding),
               build_cache(dataset.val, data_cfg, dataset.encoding))
     job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(caches[0]))
-    return _fit(model, caches, cfg, job)
+    return _fit(model, caches, cfg, job, val_raw=dataset.val)
 
 
-def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
+def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | None = None,
+         val_raw: RawSplit | None = None) -> Path:
     try:
         state = fit(model, *caches, cfg, job, resume=resume)
     except TrainingInterrupted as stop:
@@ -115,7 +116,7 @@ def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | 
                              f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
     logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
                 state.epoch, state.elapsed, state.best_dice, job.run_dir)
-    tune(job.run_dir, device=job.device.type)
+    tune(job.run_dir, device=job.device.type, raw=val_raw)  # the validation split already in RAM
     return job.run_dir
 
 
@@ -149,7 +150,7 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
               resolve_device(cfg.device), stored["batch"], progress, ckpt.area_stats)
     logger.info("resuming %s after epoch %d", out, ckpt.train.get("epoch", 0))
     model = ckpt.build_model().train()
-    return _fit(model, caches, cfg, job, resume=ckpt.train)
+    return _fit(model, caches, cfg, job, resume=ckpt.train, val_raw=val_raw)
 
 
 def _default_run(data: Path) -> Path:

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from medunet.config import PredictConfig
-from medunet.data.cache import read_split
+from medunet.data.cache import RawSplit, read_split
 from medunet.data.pairs import find_pairs
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import postprocess
@@ -16,16 +16,18 @@ from medunet.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 
-def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto") -> postprocess.TuneResult:
+def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto",
+         raw: RawSplit | None = None) -> postprocess.TuneResult:
     """Tune post-processing of the run's best checkpoint on its validation split (or `split_dir`).
 
-    The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it.
+    The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it. `raw`
+    is the validation split already decoded (training passes it, so no file is read twice).
     """
     run = Path(run)
     path = find_checkpoint(run) if run.is_dir() else run
     ckpt = load_checkpoint(path)
-    pairs = find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path)
-    raw = read_split(pairs)
+    if raw is None:
+        raw = read_split(find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path))
     predictor = Predictor.from_checkpoint(ckpt, PredictConfig(device=device, postprocess=False))
     truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
     result = postprocess.tune(predictor.probabilities(raw.images), truths, ckpt.encoding.n_classes)

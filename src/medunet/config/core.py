@@ -133,6 +133,11 @@ class PredictConfig:
     max_size: int = 1024                 # images with a longer side go through in tiles
     overlap: float = 0.25                # tile overlap, blended with Gaussian weights
     postprocess: bool = True             # apply the checkpoint's tuned post-processing
+    # Overrides of single clean-up steps (None: the stored/tuned choice), e.g. keep the 2 largest
+    # objects for two lungs; given ones apply even with postprocess=False.
+    keep_largest: int | None = None
+    fill_holes: bool | None = None
+    min_size: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.threshold is None or 0.0 < self.threshold < 1.0,
@@ -143,6 +148,9 @@ class PredictConfig:
         _check(self.tta in ("none", "flips"), f"--tta must be none or flips, got {self.tta!r}")
         _check(self.max_size >= 32, f"--max-size must be at least 32, got {self.max_size}")
         _check(0.0 <= self.overlap < 1.0, f"--overlap must be in [0, 1), got {self.overlap}")
+        for name in ("keep_largest", "min_size"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +43,19 @@ class Cache:
         return self._foreground[i]
 
 
-def read_split(pairs: list[Pair]) -> RawSplit:
-    """Read every image and label of a split once; a size mismatch names both files."""
+def read_split(pairs: list[Pair], decoded: dict[Path, Any] | None = None) -> RawSplit:
+    """Read every image and label of a split once; a size mismatch names both files.
+
+    `decoded` ({resolved path: array or LabelFile}, from the doctor's quick check) is used instead
+    of reading a file again.
+    """
+    decoded = decoded or {}
     images, labels = [], []
     for pair in pairs:
-        image = read_image(pair.image)
-        label = read_label(pair.label)  # type: ignore[arg-type]
+        image = decoded.get(pair.image.resolve())
+        image = read_image(pair.image) if image is None else image
+        label = decoded.get(pair.label.resolve())  # type: ignore[union-attr]
+        label = read_label(pair.label) if label is None else label  # type: ignore[arg-type]
         if image.shape[:2] != label.values.shape:
             (ih, iw), (lh, lw) = image.shape[:2], label.values.shape
             raise DataError(f"{pair.label}: label is {lw}×{lh} (W×H), image {pair.image.name} is {iw}×{ih}")

@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,6 +162,7 @@ class _Scan:
     items: dict[str, list[_Item]]
     left_out: list[tuple[str, str, str]] = field(default_factory=list)  # (split, path, why)
     training: LabelEncoding | None = None
+    decoded: dict[Path, Any] | None = None  # resolved path → array / LabelFile, when asked to keep them
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -180,9 +182,22 @@ def diagnose(data_dir: Path, *, quick: bool = False) -> Report:
     return _scan(Path(data_dir), quick=quick).report
 
 
-def _scan(root: Path, *, quick: bool) -> _Scan:
+def check_and_read(data_dir: Path, splits: tuple[str, ...]) -> tuple[Report, dict[Path, Any]]:
+    """The quick check of `splits` only, keeping what it decoded so training reads no file twice.
+
+    Returns:
+        The report, and {resolved path: image array or LabelFile} of every file it could read.
+    """
+    scan = _scan(Path(data_dir), quick=True, splits=splits, keep=True)
+    return scan.report, scan.decoded or {}
+
+
+def _scan(root: Path, *, quick: bool, splits: tuple[str, ...] | None = None, keep: bool = False) -> _Scan:
     report = Report(data_dir=str(root), quick=quick)
-    scan = _Scan(root, report, _layout(root, report), {})
+    folders = _layout(root, report)
+    if splits is not None and report.layout != "single":
+        folders = {name: folder for name, folder in folders.items() if name in splits}
+    scan = _Scan(root, report, folders, {}, decoded={} if keep else None)
     with _quiet_readers():
         for name, folder in scan.folders.items():
             try:
@@ -346,6 +361,9 @@ def _read_pair(item: _Item, scan: _Scan) -> None:
     """Read image and label, note what they are; unreadable files and size mismatches become errors."""
     image = _try_read(read_image, item.image, item.split, scan)
     label = _try_read(read_label, item.label, item.split, scan)
+    if scan.decoded is not None:
+        scan.decoded.update({p.resolve(): v for p, v in ((item.image, image), (item.label, label))
+                             if v is not None})
     if image is not None:
         item.shape, item.dtype = image.shape, str(image.dtype)
         item.kind = _kind(image)

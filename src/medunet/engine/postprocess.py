@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 THRESHOLD_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))   # 0.10, 0.15, ..., 0.90
 MIN_SIZE_FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5)  # min_size candidates × median true object size
+KEEP_LARGEST_GRID = (1, 2, 3)   # the fewest objects wins among equal scores
 MIN_GAIN = 1e-6   # a step is kept only when it raises the mean Dice by more than float noise
 
 
@@ -196,7 +197,8 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
     """Choose post-processing on a validation split, greedily, by mean per-image Dice.
 
     First the threshold (K = 1 only) over `THRESHOLD_GRID`, then in turn `min_size` (the best of
-    `MIN_SIZE_FRACTIONS` × the median true object size), `keep_largest` 1, `fill_holes`; each is
+    `MIN_SIZE_FRACTIONS` × the median true object size), `keep_largest` (the best of 1, 2, 3: two
+    lungs, two kidneys), `fill_holes`; each is
     kept only if it raises the mean Dice of `image_metrics` (both empty → 1.0).
 
     Args:
@@ -221,7 +223,8 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
     masks = [to_classes(p, cfg.threshold) for p in probs]
     median = _median_object_size(truths)
     sizes = sorted({int(round(f * median)) for f in MIN_SIZE_FRACTIONS} - {0, 1})
-    trials = ([{"min_size": size} for size in sizes], [{"keep_largest": 1}], [{"fill_holes": True}])
+    trials = ([{"min_size": size} for size in sizes], [{"keep_largest": k} for k in KEEP_LARGEST_GRID],
+              [{"fill_holes": True}])
     for changes in trials:
         if not changes:   # no true objects to size min_size from
             continue

@@ -47,8 +47,8 @@ class Predictor:
         self.device = device
         self.cfg = cfg or PredictConfig()
         post = post if post is not None and self.cfg.postprocess else PostprocessConfig()
-        if self.cfg.threshold is not None:
-            post = dataclasses.replace(post, threshold=self.cfg.threshold)
+        overrides = {name: getattr(self.cfg, name) for name in ("threshold", "keep_largest", "fill_holes", "min_size")}
+        post = dataclasses.replace(post, **{k: v for k, v in overrides.items() if v is not None})
         self.post = post  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
