@@ -68,7 +68,7 @@ def test_interrupt_says_how_to_resume(disc_data: Path, tmp_path: Path, monkeypat
 def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out", str(run),
-           "--epochs", "8", *ARGS, "--samples-per-epoch", "32"]
+           "--epochs", "10", *ARGS, "--samples-per-epoch", "32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
@@ -80,7 +80,7 @@ def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> No
     resumed = subprocess.run([sys.executable, "-m", "medunet.cli", "-q", "train", str(disc_data), "--out",
                               str(run), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert _epochs(run) == list(range(1, 9))
+    assert _epochs(run) == list(range(1, 11))
     load_checkpoint(run / "checkpoints" / "best.pt").build_model()
     assert not list((run / "checkpoints").glob(".*tmp"))
 
@@ -191,3 +191,13 @@ def test_interrupt_in_the_first_epoch_says_nothing_was_saved(disc_data: Path, tm
     assert not (run / "checkpoints" / "last.pt").exists()
     monkeypatch.undo()
     assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS, "--overwrite"]) == 0
+
+
+def test_eta_counts_the_epochs_that_still_fit() -> None:
+    from medunet.config import TrainConfig
+
+    state = trainer.State(epoch=2, elapsed=60.0)
+    assert trainer._eta(state, TrainConfig(epochs=5)) == "1m30s"             # 3 epochs of 30 s
+    assert trainer._eta(state, TrainConfig(time_budget=200)) == "2m00s"      # 140 s left: 4 epochs fit
+    assert trainer._eta(state, TrainConfig(epochs=3, time_budget=200)) == "0m30s"
+    assert trainer._eta(trainer.State(epoch=5, elapsed=150.0), TrainConfig(epochs=5)) == "0m00s"

@@ -240,8 +240,20 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
     save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
                                                      train=_snapshot(loop, state, cfg), area_stats=job.area_stats))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
-    logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs", state.epoch, budget, loss,
-                val_dice, "  (best)" if improved else "", rate, state.elapsed)
+    logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs  ETA %s", state.epoch, budget, loss,
+                val_dice, "  (best)" if improved else "", rate, state.elapsed, _eta(state, cfg))
+
+
+def _eta(state: State, cfg: TrainConfig) -> str:
+    """Time left for the whole run, at the mean epoch time; with a time budget, the epochs that
+    still fit in it (the same rule as `_should_continue`)."""
+    per_epoch = state.elapsed / max(state.epoch, 1)
+    limited = cfg.epochs is not None or cfg.time_budget is None
+    epochs_left = (cfg.epochs or DEFAULT_EPOCHS) - state.epoch if limited else math.inf
+    if cfg.time_budget is not None and per_epoch > 0:
+        epochs_left = min(epochs_left, (cfg.time_budget - state.elapsed) // per_epoch)
+    seconds = int(max(epochs_left, 0) * per_epoch)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def write_history(path: Path, history: list[dict]) -> None:
