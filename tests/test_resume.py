@@ -36,6 +36,7 @@ def test_deterministic_resume_matches_an_uninterrupted_run(disc_data: Path, tmp_
     assert main(["-q", "train", str(disc_data), "--out", str(cut), "--resume"]) == 0
     assert _epochs(cut) == [1, 2, 3]
 
+    assert not torch.are_deterministic_algorithms_enabled()  # the run's setting does not leak to the caller
     a = load_checkpoint(full / "checkpoints" / "last.pt").state_dict
     b = load_checkpoint(cut / "checkpoints" / "last.pt").state_dict
     assert a.keys() == b.keys()

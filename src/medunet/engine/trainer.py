@@ -1,10 +1,12 @@
 """fit(): the training loop as small functions — sample, augment, step, validate, checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +71,22 @@ def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
     optimiser, RNG states and history it holds. Ctrl-C raises TrainingInterrupted after the last
     completed epoch's `last.pt` is on disk.
     """
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    with _determinism(cfg.deterministic):
+        return _fit(model, train, val, cfg, job, resume)
+
+
+@contextlib.contextmanager
+def _determinism(on: bool) -> Iterator[None]:
+    """Deterministic kernels for this run only; a Python caller's setting is restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on or before)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resume: dict | None) -> State:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
