@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from medunet.data.encoding import LabelEncoding, detect_encoding, value_counts
-from medunet.data.pairs import SPLITS, list_images, natural_key
+from medunet.data.pairs import SPLITS, group_by_stem, natural_key
 from medunet.errors import DataError
 from medunet.io.images import (IMAGE_SUFFIXES, LabelFile, read_image, read_label, write_image,
                                write_mask)
@@ -283,14 +283,11 @@ def _by_stem(split: str, folder: Path, sub: str, scan: _Scan) -> dict[str, list[
         return None
     _report_ignored(split, where, scan)
     try:
-        files = list_images(where)
+        by_stem = group_by_stem(where)
     except DataError:
         scan.report.add("error", split, _rel(where, scan.root) + "/",
                         f"no images ({', '.join(IMAGE_SUFFIXES)})", "layout")
         return {}
-    by_stem: dict[str, list[Path]] = defaultdict(list)
-    for path in files:
-        by_stem[path.stem].append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             names = " and ".join(p.name for p in paths)
@@ -299,7 +296,7 @@ def _by_stem(split: str, folder: Path, sub: str, scan: _Scan) -> dict[str, list[
                             "duplicate_stem")
             scan.left_out += [(split, _rel(p, scan.root), "shares its stem with another file")
                               for p in paths]
-    return dict(by_stem)
+    return by_stem
 
 
 _ALIASES = {"image": ("images", "img", "imgs", "input", "inputs", "x", "raw"),

@@ -55,11 +55,18 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (natural_key(p.name), p.name))
 
 
-def images_by_stem(folder: Path) -> dict[str, Path]:
-    """Images of `folder` keyed by stem; DataError when two files share a stem."""
+def group_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """Images of `folder` grouped by stem, in natural order; a stem with several files is a clash
+    for the caller to refuse (pairing) or report (the doctor)."""
     found: dict[str, list[Path]] = {}
     for path in list_images(folder):
         found.setdefault(path.stem, []).append(path)
+    return found
+
+
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """Images of `folder` keyed by stem; DataError when two files share a stem."""
+    found = group_by_stem(folder)
     clashes = [" and ".join(f"{folder.name}/{p.name}" for p in paths) + f" share the stem {stem}"
                for stem, paths in found.items() if len(paths) > 1]
     if clashes:

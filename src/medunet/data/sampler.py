@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from medunet.data.cache import Cache
+from medunet.transforms.geometry import Geometry
 
 
 class CropSampler:
@@ -65,9 +66,9 @@ def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, i
     crops); label_box: the label's bounding box plus `margin` (the whole image when it is empty).
     """
     h, w = label.shape
-    if mode == "center":
-        ch, cw = min(size, h), min(size, w)
-        return (h - ch) // 2, (w - cw) // 2, (h - ch) // 2 + ch, (w - cw) // 2 + cw
+    if mode == "center":  # the same box the Predictor sends through the network for such a run
+        y0, x0, ch, cw = Geometry.centre_crop(h, w, size).box
+        return y0, x0, y0 + ch, x0 + cw
     if mode == "label_box" and label.any():
         rows, cols = np.flatnonzero(label.any(axis=1)), np.flatnonzero(label.any(axis=0))
         return (max(0, rows[0] - margin), max(0, cols[0] - margin),

@@ -160,14 +160,17 @@ def _restore(snap: dict, optimiser, rng: np.random.Generator, generator: torch.G
 
 def _should_continue(state: State, cfg: TrainConfig) -> bool:
     """Epoch limit, or a time budget: stop before an epoch that would not end inside it."""
-    if cfg.time_budget is None:
-        return state.epoch < (cfg.epochs or DEFAULT_EPOCHS)
-    if cfg.epochs is not None and state.epoch >= cfg.epochs:
-        return False
-    if state.epoch == 0:
-        return True
-    per_epoch = state.elapsed / state.epoch
-    return state.elapsed + per_epoch <= cfg.time_budget
+    return state.epoch == 0 or _epochs_left(state, cfg) >= 1
+
+
+def _epochs_left(state: State, cfg: TrainConfig) -> float:
+    """Epochs still to run: up to the epoch limit, and with a time budget only those that fit in
+    it at the mean epoch time so far."""
+    limited = cfg.epochs is not None or cfg.time_budget is None
+    left = (cfg.epochs or DEFAULT_EPOCHS) - state.epoch if limited else math.inf
+    if cfg.time_budget is not None and state.epoch > 0 and state.elapsed > 0:
+        left = min(left, (cfg.time_budget - state.elapsed) // (state.elapsed / state.epoch))
+    return max(left, 0)
 
 
 def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds_in: float) -> float:
@@ -261,14 +264,9 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
 
 
 def _eta(state: State, cfg: TrainConfig) -> str:
-    """Time left for the whole run, at the mean epoch time; with a time budget, the epochs that
-    still fit in it (the same rule as `_should_continue`)."""
+    """Time left for the whole run: the epochs left at the mean epoch time."""
     per_epoch = state.elapsed / max(state.epoch, 1)
-    limited = cfg.epochs is not None or cfg.time_budget is None
-    epochs_left = (cfg.epochs or DEFAULT_EPOCHS) - state.epoch if limited else math.inf
-    if cfg.time_budget is not None and per_epoch > 0:
-        epochs_left = min(epochs_left, (cfg.time_budget - state.elapsed) // per_epoch)
-    seconds = int(max(epochs_left, 0) * per_epoch)
+    seconds = int(_epochs_left(state, cfg) * per_epoch) if per_epoch > 0 else 0
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
