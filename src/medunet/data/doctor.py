@@ -35,7 +35,7 @@ import numpy as np
 from medunet.data.encoding import LabelEncoding, detect_encoding, value_counts
 from medunet.data.pairs import SPLITS, group_by_stem, natural_key
 from medunet.errors import DataError
-from medunet.io.images import (IMAGE_SUFFIXES, LabelFile, read_image, read_label, write_image,
+from medunet.io.images import (IMAGE_SUFFIXES, LabelFile, is_tiff, read_image, read_label, write_image,
                                write_mask)
 from medunet.io.outputs import staged_folder
 
@@ -50,7 +50,6 @@ ENCODING_CHECKS = ("image_like", "encoding", "unrepresentable")
 _FOREIGN = {".dcm": "DICOM", ".nii": "NIfTI", ".gz": "NIfTI/gzip", ".nrrd": "NRRD", ".mha": "MetaImage",
             ".mhd": "MetaImage", ".npy": "NumPy", ".npz": "NumPy", ".jp2": "JPEG 2000", ".webp": "WebP"}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 @dataclass(frozen=True)
@@ -915,9 +914,10 @@ def _copy_image(item: _Item, folder: Path) -> None:
 def _format_matches(path: Path, suffix: str) -> bool:
     if suffix not in (".png", ".tif", ".tiff"):
         return False
+    if suffix != ".png":
+        return is_tiff(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-    return head == _PNG_MAGIC if suffix == ".png" else head[:4] in _TIFF_MAGIC
+        return f.read(8) == _PNG_MAGIC
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -131,7 +131,7 @@ def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
         raise DataError(f"{path}: cannot read image (empty file, 0 bytes)")
     readers = [("tifffile", _read_tiff), ("Pillow", _read_pil)]
     # The bytes decide, not the suffix: Pillow reads a 16-bit RGB TIFF named .png as 8-bit.
-    if path.suffix.lower() not in TIFF_SUFFIXES and not _is_tiff(path):
+    if path.suffix.lower() not in TIFF_SUFFIXES and not is_tiff(path):
         readers.reverse()
     failures = []
     for name, reader in readers:
@@ -148,7 +148,8 @@ def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
     raise DataError(f"{path}: cannot read image ({'; '.join(failures)})")
 
 
-def _is_tiff(path: Path) -> bool:
+def is_tiff(path: Path) -> bool:
+    """Whether the file starts like a TIFF (classic or BigTIFF), whatever its suffix."""
     try:
         with open(path, "rb") as f:
             return f.read(4) in _TIFF_MAGIC
