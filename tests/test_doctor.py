@@ -298,7 +298,7 @@ def test_fix_maps_classes_to_ids_and_binarises_mixed_masks(tmp_path):
 
 
 def test_fix_that_fails_half_way_leaves_no_copy(disc_data, tmp_path, monkeypatch):
-    from medunet.data import doctor as doctor_module
+    from medunet.data.doctor import cleaning as doctor_module
 
     written = []
 
@@ -362,7 +362,7 @@ def test_training_decodes_each_file_once_and_leaves_test_alone(disc_data, tmp_pa
     from medunet.api.train import train
     from medunet.config import TrainConfig
     from medunet.data import cache as cache_module
-    from medunet.data import doctor as doctor_module
+    from medunet.data.doctor import scan as doctor_module
 
     reads = Counter()
     for module in (cache_module, doctor_module):
