@@ -191,3 +191,22 @@ def test_real_process_exit_code_and_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and ".tif: cannot read image" in lines[0]
+
+
+def test_tune_shows_each_step_once(tiny_run: Path, tmp_path: Path) -> None:
+    """The API logged every step and the CLI printed it again."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)   # tune writes into best.pt: not into the shared run
+    done = subprocess.run([sys.executable, "-m", "medunet.cli", "tune", str(run), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stdout.splitlines() if line.rstrip().endswith("kept")]
+    assert len(steps) >= 3     # threshold (one sigmoid channel), min_size, keep_largest, fill_holes
+    everything = (done.stdout + done.stderr).splitlines()
+    for step in steps:
+        description = step.split(" Dice ")[0].strip()
+        assert sum(description in line and line.rstrip().endswith("kept") for line in everything) == 1, step
+    summaries = [line for line in everything if "→" in line and not line.rstrip().endswith("kept")]
+    assert len(summaries) == 1, summaries

@@ -189,6 +189,43 @@ def test_empty_masks_and_class_balance(disc_data):
     assert not found(diagnose(disc_data, quick=True), "info", "balance")
 
 
+def write_shrunk_split(root: Path, n: int, seed: int) -> None:
+    """`n` disc pairs drawn at 128×128 and shrunk 2× with area averaging (Pillow BOX), as many
+    public datasets are: the masks hold 0, 64, 128, 192 and 255."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, mask = disc_pair(rng, 128, 128)
+        for kind, array in (("image", image), ("label", mask)):
+            save(root / kind / f"{i:03d}.png", np.asarray(Image.fromarray(array).resize((64, 64), Image.BOX)))
+
+
+def test_area_averaged_masks_are_read_as_binary_and_the_report_says_why(tmp_path):
+    data = tmp_path / "data"
+    write_shrunk_split(data / "train", 6, seed=1)
+    write_shrunk_split(data / "validation", 2, seed=2)
+    report = diagnose(data)
+    assert report.ok and report.label_values == [0, 255]
+    assert report.encoding.startswith("near-binary masks (resized or smoothed; 5 distinct values around 0 "
+                                      "and 255), read as 0/255 thresholded at 127.5: intermediate values "
+                                      "64, 128, 192 lie on edges between 0 and 255 in ")
+    assert report.encoding.endswith("of their pixels — resampled binary masks")
+    assert set(report.splits["train"].class_share) == {"background", "foreground"}
+    assert "masks for training: near-binary masks" in format_report(report)
+    fix(data, tmp_path / "clean")
+    for p in (tmp_path / "clean/train/label").iterdir():
+        assert set(np.unique(read_label(p).values).tolist()) <= {0, 255}
+
+
+def test_grey_level_organ_masks_stay_classes_and_the_report_says_why(disc_data):
+    for path in sorted((disc_data / "train/label").iterdir()):
+        mask = read_label(path).values.copy()
+        mask[: mask.shape[0] // 4, : mask.shape[1] // 2] = 128    # a second organ, a region of its own
+        save(path, mask)
+    report = diagnose(disc_data, quick=True)
+    assert report.encoding.startswith("3 classes: 0, 128, 255: value 128 forms regions of its own (only ")
+    assert report.splits["train"].masks == report.encoding
+
+
 # ----------------------------------------------------------------------------------------- images
 
 def test_rgb_mixed_with_grey_is_named(disc_data):
@@ -288,7 +325,8 @@ def test_fix_maps_classes_to_ids_and_binarises_mixed_masks(tmp_path):
     values = set()
     for p in (tmp_path / "out/train/label").iterdir():
         values |= set(np.unique(read_label(p).values).tolist())
-    assert values == {0, 1, 2, 3, 4} and report.encoding == "5 classes: 0, 1, 2, 3, 4"
+    assert values == {0, 1, 2, 3, 4}
+    assert report.encoding == "5 classes: 0, 1, 2, 3, 4: all values below 64: class ids"
     data2 = tmp_path / "data2"
     write_split(data2 / "train", 3, [(20, 20)], seed=0)
     first = sorted((data2 / "train/label").iterdir())[0]
@@ -332,7 +370,9 @@ def test_real_cvc_clinicdb_masks_are_near_binary():
     report = diagnose(shared_dataset("cvc-clinicdb"), quick=True)
     assert report.ok
     assert report.encoding.startswith("near-binary masks (resized or smoothed")
-    assert len(found(report, "warning", "near_binary")) == 17
+    # 19: two masks with only five scattered edge values (126.tif, 266.tif) once read as 7 classes
+    assert len(found(report, "warning", "near_binary")) == 19
+    assert "99.9% of the pixels are 0 or 255" in report.encoding
 
 
 def test_real_msd_hippocampus_nifti_is_explained():
@@ -379,3 +419,18 @@ def test_training_decodes_each_file_once_and_leaves_test_alone(disc_data, tmp_pa
     expected = {p.resolve() for split in ("train", "validation") for p in (disc_data / split).rglob("*.png")}
     assert set(reads) == expected
     assert set(reads.values()) == {1}
+
+
+def test_slices_of_a_few_patients_without_validation_folder_are_flagged(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for p in range(5):
+        for s in range(3):
+            image, mask = disc_pair(rng, 32, 32)
+            save(data / "train" / "image" / f"pat{p}_slice{s}.png", image)
+            save(data / "train" / "label" / f"pat{p}_slice{s}.png", mask)
+    report = diagnose(data)
+    assert len(found(report, "warning", "grouping")) == 1
+    assert "--group-by" in messages(report, "warning") and "pat0, pat1" in messages(report, "warning")
+    write_split(data / "validation", 2, [(32, 32)], seed=1)      # a validation folder decides itself
+    assert not found(diagnose(data), "warning", "grouping")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medunet.data.encoding import LabelEncoding, detect_encoding
+from medunet.data.encoding import LabelEncoding, detect_encoding, edge_counts
 from medunet.errors import DataError
 from medunet.io.images import LabelFile, read_label, write_image, write_mask
 
@@ -139,6 +139,122 @@ def test_unknown_mode():
         detect_encoding([label(disc_mask())], mode="magic")
 
 
+# ------------------------------------------------------- near-binary (resampled) versus classes
+
+def big_disc(n: int = 192, fg: int = 255, dtype=np.uint8, centre=(0.45, 0.55), radius=0.3) -> np.ndarray:
+    """(n, n) 0/`fg` disc, to be downsampled."""
+    yy, xx = np.mgrid[0:n, 0:n]
+    inside = (yy - centre[0] * n) ** 2 + (xx - centre[1] * n) ** 2 < (radius * n) ** 2
+    return np.where(inside, fg, 0).astype(dtype)
+
+
+def block_mean(mask: np.ndarray, k: int) -> np.ndarray:
+    """Area averaging by numpy: the mean of each k×k block, rounded, in the mask's dtype."""
+    h, w = mask.shape[0] // k * k, mask.shape[1] // k * k
+    blocks = mask[:h, :w].reshape(h // k, k, w // k, k).astype(np.float64)
+    return np.round(blocks.mean(axis=(1, 3))).astype(mask.dtype)
+
+
+def pil_resize(mask: np.ndarray, k: int, resample) -> np.ndarray:
+    h, w = mask.shape
+    return np.asarray(Image.fromarray(mask).resize((w // k, h // k), resample))
+
+
+RESAMPLED = {
+    "box 2x": lambda m: pil_resize(m, 2, Image.BOX),          # 0, 64, 128, 192, 255
+    "box 3x": lambda m: pil_resize(m, 3, Image.BOX),
+    "block mean 2x": lambda m: block_mean(m, 2),             # 0, 64, 128, 191, 255
+    "block mean 3x": lambda m: block_mean(m, 3),
+    "bilinear 2x": lambda m: pil_resize(m, 2, Image.BILINEAR),
+}
+
+
+@pytest.mark.parametrize("how", list(RESAMPLED))
+def test_downsampled_binary_masks_are_near_binary(how):
+    shrink = RESAMPLED[how]
+    masks = [shrink(big_disc(centre=c, radius=r)) for c, r in [((0.45, 0.55), 0.3), ((0.3, 0.6), 0.15),
+                                                                 ((0.6, 0.4), 0.22)]]
+    assert all(len(np.unique(m)) > 2 for m in masks)
+    enc = detect_encoding([label(m, name=f"{i}.png") for i, m in enumerate(masks)])
+    assert (enc.mode, enc.values, enc.threshold) == ("near_binary", (0, 255), 127.5)
+    assert "lie on edges between 0 and 255" in enc.reason and "resampled binary masks" in enc.reason
+    np.testing.assert_array_equal(enc.encode(masks[0], Path("m.png")), (masks[0] > 127.5).astype(np.uint8))
+    assert set(np.unique(enc.decode(enc.encode(masks[0], Path("m.png")))).tolist()) == {0, 255}
+
+
+def test_area_averaged_reason_names_the_levels():
+    enc = detect_encoding([label(block_mean(big_disc(), 2))])
+    assert enc.reason.startswith("intermediate values 64, 128, 191 lie on edges between 0 and 255 in ")
+    assert enc.describe().startswith("near-binary mask (JPEG or resampled), thresholded at 127.5: "
+                                     "intermediate values 64, 128, 191")
+
+
+def test_16bit_downsampled_mask_is_near_binary():
+    mask = block_mean(big_disc(fg=65535, dtype=np.uint16), 2)
+    assert np.unique(mask).tolist() == [0, 16384, 32768, 49151, 65535]
+    enc = detect_encoding([label(mask)])
+    assert (enc.mode, enc.values, enc.threshold) == ("near_binary", (0, 65535), 32767.5)
+    assert enc.decode(np.array([[0, 1]], np.uint8)).tolist() == [[0, 65535]]
+    assert enc.decode(np.array([[0, 1]], np.uint8)).dtype == np.uint16
+
+
+def two_organs() -> np.ndarray:
+    """(96, 96) 0/128/255: an organ of 128 touching an organ of 255, each a region of its own."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    mask = np.zeros((96, 96), np.uint8)
+    mask[(yy - 40) ** 2 / 20 ** 2 + (xx - 35) ** 2 / 25 ** 2 < 1] = 128
+    mask[(yy - 55) ** 2 + (xx - 62) ** 2 < 18 ** 2] = 255
+    return mask
+
+
+def test_grey_level_organs_stay_classes():
+    enc = detect_encoding([label(two_organs())])
+    assert (enc.mode, enc.values) == ("classes", (0, 128, 255))
+    assert enc.reason.startswith("value 128 forms regions of its own (only ")
+    assert enc.describe().startswith("3 classes: 0, 128, 255: value 128 forms regions of its own")
+
+
+def ring(inner: int, outer: int, n: int = 64, width: int = 1) -> np.ndarray:
+    """(n, n) disc of `inner` with a `width`-pixel rim of `outer`, on 0."""
+    yy, xx = np.mgrid[0:n, 0:n]
+    d = np.hypot(yy - n / 2, xx - n / 2)
+    return np.select([d < 20 - width, d < 20], [inner, outer], 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("values", [(0, 1, 2, 3), (0, 1, 2)])
+def test_class_ids_stay_classes(values):
+    ids = class_ids(values) if len(values) == 4 else ring(2, 1)   # a thin ring of class 1 too
+    enc = detect_encoding([label(ids)])
+    assert (enc.mode, enc.values) == ("classes", values)
+    assert enc.reason == "all values below 64: class ids"
+
+
+def test_grey_boundary_class_of_one_level_stays_classes():
+    """Cells drawn 0 / 128 outline / 255 inside: 128 lies only on edges, but it is one level."""
+    enc = detect_encoding([label(ring(255, 128))])
+    assert (enc.mode, enc.values) == ("classes", (0, 128, 255))
+    assert "a single level: a boundary class" in enc.reason
+
+
+def test_image_among_resampled_masks_is_still_refused():
+    """Noise also has lower and higher neighbours; pooled, 0 and 255 still hold ~80 % of the
+    pixels: the file's own share of 0 and its maximum gives it away."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    labels = [label(block_mean(big_disc(centre=c), 2), name=f"good{i}.png")
+              for i, c in enumerate([(0.45, 0.55), (0.5, 0.4)])] + [label(noise, name="photo.png")]
+    with pytest.raises(DataError, match="^photo.png: label has 256 distinct values"):
+        detect_encoding(labels)
+
+
+def test_edge_counts():
+    raw = np.zeros((9, 9), np.uint8)
+    raw[1, 1:5] = [64, 128, 191, 255]   # a ramp from 0 up to 255: each level between lower and higher
+    raw[3, 1:8] = 9                     # a 1-pixel line of 9 on 0: lower on both sides
+    raw[5:8, 1:4] = 7                   # a 3×3 region of 7: only its corners stick out diagonally
+    assert edge_counts(raw) == {64: 1, 128: 1, 191: 1, 9: 7, 7: 4}
+    assert edge_counts(np.array([[0, 255], [255, 0]], np.uint8)) == {}
+
+
 # ------------------------------------------------------------------------------ encode / decode
 
 def test_unknown_value_names_file_and_known_values():
@@ -197,6 +313,49 @@ def test_describe_and_dict_round_trip(enc, text):
     assert LabelEncoding.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
 
 
+def test_reason_is_not_compared_and_old_dicts_load():
+    enc = detect_encoding([label(block_mean(big_disc(), 2))])
+    assert enc.reason and enc == LabelEncoding((0, 255), "near_binary", 127.5)
+    d = json.loads(json.dumps(enc.to_dict()))
+    assert d["reason"] == enc.reason and d["palette"] is None
+    assert LabelEncoding.from_dict(d).reason == enc.reason
+    old = {"values": [0, 1, 2], "mode": "classes", "threshold": None}   # before palette and reason
+    back = LabelEncoding.from_dict(old)
+    assert (back.values, back.palette, back.reason) == ((0, 1, 2), None, "")
+
+
+PALETTE = tuple([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+
+
+def test_palette_round_trips_and_is_checked():
+    enc = LabelEncoding((0, 1, 3), "classes", palette=PALETTE)
+    back = LabelEncoding.from_dict(json.loads(json.dumps(enc.to_dict())))
+    assert back == enc and back.palette == PALETTE
+    assert back != LabelEncoding((0, 1, 3), "classes")       # the colours are part of the encoding
+    with pytest.raises(ValueError, match="768"):
+        LabelEncoding((0, 1), "binary", palette=PALETTE[:9])
+    with pytest.raises(ValueError, match="0..255"):
+        LabelEncoding((0, 300), "binary", palette=PALETTE)
+
+
+def test_palette_labels_carry_the_first_files_palette():
+    other = tuple(reversed(PALETTE))
+    files = [LabelFile(Path("a.png"), class_ids((0, 1, 3)), False, True, PALETTE),
+             LabelFile(Path("b.png"), class_ids((0, 1)), False, True, other)]
+    enc = detect_encoding(files)
+    assert (enc.mode, enc.values, enc.palette) == ("classes", (0, 1, 3), PALETTE)
+    assert detect_encoding(files, mode="binary").palette == PALETTE
+    grey = detect_encoding([label(class_ids((0, 1, 3)))])
+    assert grey.palette is None
+
+
+def test_empty_palette_masks_write_index_1_as_foreground():
+    """All-background palette masks: foreground is index 1, not 255 (usually black in a palette)."""
+    empty = LabelFile(Path("a.png"), np.zeros((H, W), np.uint8), False, True, PALETTE)
+    enc = detect_encoding([empty])
+    assert (enc.mode, enc.values, enc.palette) == ("binary", (0, 1), PALETTE)
+
+
 # ------------------------------------------------------------------ files: detect, write back exactly
 
 def _write_palette_png(path: Path, index: np.ndarray) -> None:
@@ -230,8 +389,10 @@ def test_lossless_masks_detected_and_written_back_exactly(tmp_path, name, mask, 
     index = enc.encode(lab.values, path)
     assert index.dtype == np.uint8 and index.max() == len(values) - 1
     out = tmp_path / f"out{path.suffix}"
-    write_mask(out, enc.decode(index))
-    np.testing.assert_array_equal(read_label(out).values, mask)
+    write_mask(out, enc.decode(index), palette=enc.palette)
+    back = read_label(out)
+    np.testing.assert_array_equal(back.values, mask)
+    assert back.palette == lab.palette and back.colours == lab.colours
 
 
 def test_jpeg_binary_mask_is_near_binary_and_thresholded(tmp_path):

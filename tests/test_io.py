@@ -117,6 +117,7 @@ def test_palette_image_is_rgb_and_label_is_indices(tmp_path, suffix):
     label = read_label(path)
     assert label.palette and not label.lossy
     np.testing.assert_array_equal(label.values, np.asarray(palette_image()))
+    assert label.colours == (0, 0, 0, 255, 0, 0, 0, 0, 255) + (0,) * 759   # padded to 256 entries
 
 
 def test_palette_tiff(tmp_path):
@@ -130,6 +131,12 @@ def test_palette_tiff(tmp_path):
     label = read_label(tmp_path / "p.tif")
     assert label.palette
     np.testing.assert_array_equal(label.values, index)
+    assert label.colours[:9] == (0, 0, 0, 255, 0, 0, 0, 0, 255) and len(label.colours) == 768
+
+
+def test_grey_label_has_no_colours(tmp_path):
+    write_mask(tmp_path / "m.png", np.zeros((H, W), np.uint8))
+    assert read_label(tmp_path / "m.png").colours is None
 
 
 def test_one_bit_png_is_0_255(tmp_path):
@@ -337,6 +344,36 @@ def test_write_mask_uint16(tmp_path, suffix):
     back = read_label(tmp_path / f"m{suffix}").values
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, mask)
+
+
+MASK_PALETTE = tuple([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [17, 34, 51] * 252)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif", ".bmp", ".tif"])
+def test_write_mask_with_palette_keeps_colours_and_indices(tmp_path, suffix):
+    mask = (pattern() % 4).astype(np.uint8)
+    mask[0, 0] = 200                                   # an index beyond the drawn colours too
+    path = tmp_path / f"m{suffix}"
+    write_mask(path, mask, palette=MASK_PALETTE)
+    label = read_label(path)
+    assert label.palette and label.colours == MASK_PALETTE
+    np.testing.assert_array_equal(label.values, mask)
+    rgb = read_image(path)
+    assert tuple(rgb[mask == 1][0]) == (255, 0, 0) and tuple(rgb[0, 0]) == (17, 34, 51)
+    if suffix != ".tif":
+        with Image.open(path) as im:
+            assert im.mode == "P" and tuple(im.getpalette()) == MASK_PALETTE
+    no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("mask,palette", [
+    (np.zeros((H, W), np.uint16), MASK_PALETTE), (np.zeros((H, W), np.uint8), MASK_PALETTE[:30]),
+    (np.zeros((H, W), np.uint8), (256,) * 768),
+])
+def test_write_mask_refuses_bad_palettes(tmp_path, mask, palette):
+    with pytest.raises(ValueError, match="palette"):
+        write_mask(tmp_path / "m.png", mask, palette=palette)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name,mask", [

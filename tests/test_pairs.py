@@ -1,11 +1,12 @@
 """Pairing images with labels by stem, dataset splits, split.json."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from medunet.data.pairs import (Pair, dataset_splits, find_pairs, list_images, read_split,
+from medunet.data.pairs import (Pair, dataset_splits, find_pairs, list_images, looks_grouped, read_split,
                                 split_train_val, write_split)
 from medunet.errors import DataError
 
@@ -174,3 +175,42 @@ def test_drive_pairs_tif_with_gif():
     pair = splits["train"][0]
     assert pair.image.suffix == ".tif" and pair.label.suffix == ".gif" and pair.image.stem == pair.label.stem
     assert len(splits["train"]) == 20 and len(splits["test"]) == 20
+
+
+def grouped_pairs() -> list[Pair]:
+    """Five slices of each of eight patients, named like an export of a scanner's slices."""
+    return [Pair(f"pat{p:02d}_slice{s:03d}", Path(f"d/image/pat{p:02d}_slice{s:03d}.png"),
+                 Path(f"d/label/pat{p:02d}_slice{s:03d}.png")) for p in range(8) for s in range(5)]
+
+
+@pytest.mark.parametrize("pattern", [r"^pat\d+", r"pat(\d+)_"])
+def test_group_by_keeps_each_patient_on_one_side(pattern):
+    train, val = split_train_val(grouped_pairs(), 0.25, seed=0, group_by=pattern)
+    patients = lambda pairs: {p.stem[:5] for p in pairs}  # noqa: E731
+    assert len(patients(val)) == 2 and not patients(train) & patients(val)
+    assert len(train) + len(val) == 40
+    # per file, the same seed scatters patients over both sides: what --group-by prevents
+    train, val = split_train_val(grouped_pairs(), 0.25, seed=0)
+    assert patients(train) & patients(val)
+
+
+def test_group_by_errors_name_the_file():
+    with pytest.raises(DataError, match=r"pat00_slice000\.png.*does not match"):
+        split_train_val(grouped_pairs(), 0.25, seed=0, group_by=r"^case\d+")
+    with pytest.raises(DataError, match="1 group"):
+        split_train_val(grouped_pairs(), 0.25, seed=0, group_by=r"^pat")
+
+
+def test_split_json_records_groups(tmp_path):
+    train, val = split_train_val(grouped_pairs(), 0.25, seed=0, group_by=r"pat(\d+)")
+    write_split(tmp_path / "split.json", {"train": train, "validation": val}, group_by=r"pat(\d+)")
+    doc = json.loads((tmp_path / "split.json").read_text())
+    assert {item["group"] for item in doc["validation"]} == {p.stem[3:5] for p in val}
+    assert read_split(tmp_path / "split.json") == {"train": train, "validation": val}
+
+
+def test_grouped_stems_are_recognised():
+    assert looks_grouped([p.stem for p in grouped_pairs()]) == [f"pat{p:02d}" for p in range(8)]
+    assert looks_grouped([f"case_{i:04d}" for i in range(50)]) == []        # one counter: no groups
+    assert looks_grouped([str(i) for i in range(30)]) == []
+    assert looks_grouped([f"{k} ({i})" for k in ("benign", "malignant", "normal") for i in range(20)]) == []

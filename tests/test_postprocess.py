@@ -20,7 +20,7 @@ from medunet.engine.postprocess import (
     tune,
 )
 from medunet.errors import ConfigError
-from medunet.metrics import image_metrics
+from medunet.metrics import mean_dice as metric_mean_dice
 
 
 def disc(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -155,7 +155,8 @@ def speckled_discs(n: int = 8, size: int = 64, seed: int = 0) -> tuple[list[np.n
 
 
 def mean_dice(probs, truths, cfg, n_classes=2):
-    return float(np.mean([image_metrics(t, apply(p, cfg), n_classes)["dice"] for p, t in zip(probs, truths)]))
+    """Evaluation's dice_mean of the masks `cfg` makes (images empty in truth and prediction left out)."""
+    return metric_mean_dice(truths, [apply(p, cfg) for p in probs], n_classes)
 
 
 def test_tune_finds_the_threshold_and_removes_specks():
@@ -182,7 +183,7 @@ def test_threshold_search_agrees_with_the_metric():
     rng = np.random.default_rng(1)
     probs = [rng.random((1, 24, 24)).astype(np.float32) for _ in range(4)]
     truths = [(p[0] + rng.normal(0, 0.3, p[0].shape) > 0.6).astype(np.uint8) for p in probs]
-    truths.append(np.zeros((24, 24), np.uint8))          # an empty truth: both-empty rule applies
+    truths.append(np.zeros((24, 24), np.uint8))          # an empty truth: Dice 0 below 0.2, left out above
     probs.append(np.full((1, 24, 24), 0.2, np.float32))
     result = tune(probs, truths, 2)
     step = result.steps[0]
@@ -221,6 +222,43 @@ def test_tune_keeps_as_many_objects_as_the_truth_has():
         truths.append(truth)
     result = tune(probs, truths, n_classes=2)
     assert result.config.keep_largest == 2 and result.dice == pytest.approx(1.0)
+
+
+def under_confident_lesion(n_empty: int = 9) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One true disc at probability 0.15 and `n_empty` empty truths with a 2×2 speck at 0.2."""
+    truth = disc(48, 48, 24, 24, 10)
+    probs = [np.where(truth, 0.15, 0.05).astype(np.float32)[None]]
+    truths = [truth.astype(np.uint8)]
+    for i in range(n_empty):
+        p = np.full((1, 48, 48), 0.05, np.float32)
+        p[0, 4 + i:6 + i, 30:32] = 0.2
+        probs.append(p)
+        truths.append(np.zeros((48, 48), np.uint8))
+    return probs, truths
+
+
+def test_tune_does_not_empty_every_prediction_to_please_empty_images():
+    """Scoring empty-in-both as Dice 1.0 kept threshold 0.5, which predicts nothing anywhere (mean
+    0.9 from the nine empty images, the lesion missed); left out, they cannot outvote the lesion."""
+    probs, truths = under_confident_lesion()
+    assert mean_dice(probs, truths, PostprocessConfig()) == 0.0    # only the missed lesion counts
+    result = tune(probs, truths, n_classes=2)
+    assert result.config.threshold == pytest.approx(0.1)           # finds the lesion ...
+    assert result.config.min_size > 4                              # ... then drops the specks
+    assert result.baseline_dice == 0.0 and result.dice == pytest.approx(1.0)
+    assert result.dice == pytest.approx(mean_dice(probs, truths, result.config))
+    masks = [apply(p, result.config) for p in probs]
+    assert masks[0].sum() > 0 and not any(m.any() for m in masks[1:])
+
+
+def test_tune_keeps_the_defaults_when_no_truth_has_foreground(caplog):
+    rng = np.random.default_rng(3)
+    probs = [rng.random((1, 16, 16)).astype(np.float32) for _ in range(3)]
+    truths = [np.zeros((16, 16), np.uint8)] * 3
+    result = tune(probs, truths, n_classes=2)
+    assert result.config == PostprocessConfig() and result.steps == []
+    assert np.isnan(result.baseline_dice) and np.isnan(result.dice)
+    assert "not tuned" in caplog.text and "no foreground" in caplog.text
 
 
 def test_tune_refuses_mismatched_inputs():

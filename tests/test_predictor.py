@@ -150,3 +150,21 @@ def test_tiff_masks_keep_resolution_tags(tiny_run: Path, tmp_path: Path) -> None
         assert page.shape == (40, 30)
         assert page.tags["XResolution"].value == (20, 1)
         assert int(page.tags["ResolutionUnit"].value) == 3  # centimetre
+
+
+def test_large_images_are_batched_by_pixels_not_by_count() -> None:
+    """Validation on CUDA used the training batch (32) on whole images: 32 × 1024² through the
+    31 M network is ~25 GB of activations. Each forward call must stay within MAX_BATCH_PIXELS."""
+    from medunet.engine import predictor as module
+
+    model = UNet(ModelConfig(base_width=2, depth=2, norm="batch", head="plain"))
+    seen: list[int] = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0] * args[0].shape[-2] * args[0].shape[-1]))
+    cfg = PredictConfig(batch=32, device="cpu", max_size=2048)
+    predictor = Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"), cfg)
+    images = [np.zeros((1, 1024, 1024), np.float32)] * 5 + [np.zeros((1, 64, 64), np.float32)] * 40
+    outputs = predictor.predict_normalised(images)
+    assert [o.probs.shape for o in outputs] == [(1, 1024, 1024)] * 5 + [(1, 64, 64)] * 40
+    assert max(seen) <= module.MAX_BATCH_PIXELS
+    assert sum(seen) == 5 * 1024 * 1024 + 40 * 64 * 64
+    assert seen.count(32 * 64 * 64) == 1     # small images still go 32 at a time

@@ -40,8 +40,25 @@ def test_crop_regions() -> None:
     label[40:50, 60:70] = 1
     assert region(label, "random", 32, 5) == (0, 0, 100, 120)
     assert region(label, "center", 32, 5) == (34, 44, 66, 76)
-    assert region(label, "label_box", 32, 5) == (35, 55, 55, 75)
+    assert region(label, "label_box", 32, 5) == (29, 49, 61, 81)   # box ± 5 (20×20) grown to 32×32
+    assert region(label, "label_box", 8, 5) == (35, 55, 55, 75)    # box ± 5 when it exceeds the crop
     assert region(np.zeros((10, 10), np.uint8), "label_box", 32, 5) == (0, 0, 10, 10)
+    corner = np.zeros((100, 120), np.uint8)
+    corner[0:4, 116:120] = 1
+    assert region(corner, "label_box", 32, 5) == (0, 88, 32, 120)   # grown inwards at the edges
+
+
+def test_label_box_crops_show_real_surroundings_not_a_blank_canvas() -> None:
+    """A box smaller than the crop used to be pasted on zeros: the network never saw real
+    background away from the object. Every crop pixel must now come from the image."""
+    rng = np.random.default_rng(0)
+    label = np.zeros((200, 200), np.uint8)
+    label[150:160, 20:30] = 1
+    image = rng.uniform(1.0, 2.0, size=(1, 200, 200)).astype(np.float32)   # no zero anywhere
+    sampler = CropSampler(Cache(["a"], [image], [label]), 64, rng, mode="label_box", margin=4)
+    images, labels = sampler.batch(16)
+    assert (images > 0).all()
+    assert all(labels[i].any() for i in range(16))
 
 
 def test_label_box_crops_hold_the_label_and_foreground_share() -> None:

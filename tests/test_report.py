@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from html import unescape
@@ -19,7 +20,6 @@ from medunet.metrics import class_counts, image_metrics, summarise
 from medunet.report.html import (FN_COLOUR, FP_COLOUR, TP_COLOUR, Evaluation, GalleryItem, Report,
                                  overlay_errors, render_report, thumbnail)
 
-CHROMIUM = Path("/usr/bin/chromium")
 ODD_STEM = '001<b>&"x'  # a real file name that must reach the page as text, not markup
 SCREENSHOT = Path("/tmp/report.png")
 
@@ -166,21 +166,33 @@ def test_report_refuses_a_folder_that_is_not_an_evaluation(evaluated_run: Path, 
 
 # ------------------------------------------------------------------------------ in a real browser
 
-def _launch(playwright):
+def _chromium(playwright) -> str | None:
+    """A Chromium on PATH (Debian's, or MEDUNET_CHROMIUM), else the one Playwright downloaded, else None."""
+    for name in (os.environ.get("MEDUNET_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name) if name else None
+        if found:
+            return found
+    own = Path(playwright.chromium.executable_path)
+    return str(own) if own.is_file() else None
+
+
+def _launch(playwright, executable: str):
     return playwright.chromium.launch(
-        executable_path=str(CHROMIUM),
+        executable_path=executable,
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync"])
 
 
 def test_page_in_chromium_sorts_and_shows_every_image(evaluated_run: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (scripts/install-browser.sh installs it)")
     path = report(evaluated_run)
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = _launch(p)
+        executable = _chromium(p)
+        if executable is None:
+            pytest.skip("no Chromium on PATH nor in Playwright's cache (scripts/install-browser.sh says how "
+                        "to install one)")
+        browser = _launch(p, executable)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

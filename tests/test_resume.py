@@ -202,3 +202,25 @@ def test_eta_counts_the_epochs_that_still_fit() -> None:
     assert trainer._eta(state, TrainConfig(time_budget=200)) == "2m00s"      # 140 s left: 4 epochs fit
     assert trainer._eta(state, TrainConfig(epochs=3, time_budget=200)) == "0m30s"
     assert trainer._eta(trainer.State(epoch=5, elapsed=150.0), TrainConfig(epochs=5)) == "0m00s"
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_resume_after_a_move_from_cuda_to_cpu(disc_data: Path, tmp_path: Path, recorded: bool, caplog) -> None:
+    """A run saved on CUDA holds a 16-byte CUDA generator state; a CPU generator's is 5,056 bytes,
+    and loading one into the other raised a raw RuntimeError. Simulated by writing a CUDA-sized
+    state into last.pt, with (new runs) and without (older runs) the device it came from."""
+    from medunet.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS]) == 0
+    path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    ckpt.train["augment_rng"] = torch.zeros(16, dtype=torch.uint8)
+    if recorded:
+        ckpt.train["augment_rng_device"] = "cuda"
+    else:
+        ckpt.train.pop("augment_rng_device", None)
+    save_checkpoint(path, ckpt)
+    assert main(["train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2", "--device", "cpu"]) == 0
+    assert _epochs(run) == [1, 2]
+    assert "augmentation random stream restarts" in caplog.text

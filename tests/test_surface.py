@@ -1,5 +1,5 @@
 """HD95 / ASSD against hand-computed and independently computed values, empty cases, and the
-pixel spacing stored in TIFF and PNG files."""
+pixel spacing read from files: only TIFF in centimetres or with an ImageJ unit, never PNG or JPEG dpi."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,9 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from medunet.errors import DataError
-from medunet.surface import EMPTY_RULE, pixel_spacing, surface_metrics
+from medunet.errors import ConfigError, DataError
+from medunet.surface import (EMPTY_RULE, parse_spacing, pixel_spacing, split_spacings, summarise_surface,
+                             surface_metrics)
 
 
 def square(h: int = 64, w: int = 64, top: int = 10, left: int = 10, side: int = 20) -> np.ndarray:
@@ -76,7 +77,7 @@ def test_spacing_scales_to_millimetres():
 
 
 @pytest.mark.parametrize("truth_empty, pred_empty, expected, note", [
-    (True, True, 0.0, "truth and prediction empty"),
+    (True, True, math.nan, "truth and prediction empty: HD95 and ASSD undefined"),
     (True, False, math.hypot(64, 48), "truth empty, prediction not"),
     (False, True, math.hypot(64, 48), "prediction empty, truth not"),
 ])
@@ -86,10 +87,11 @@ def test_empty_cases_follow_the_rule(truth_empty, pred_empty, expected, note):
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # nor does MONAI warn: empty classes never reach it
         row = surface_metrics(empty if truth_empty else full, empty if pred_empty else full, 2)
-    assert row["hd95"] == pytest.approx(expected) and row["assd"] == pytest.approx(expected)
-    assert all(math.isfinite(v) for v in (row["hd95"], row["assd"]))
+    assert row["hd95"] == pytest.approx(expected, nan_ok=True)
+    assert row["assd"] == pytest.approx(expected, nan_ok=True)
+    assert not any(math.isinf(v) for v in (row["hd95"], row["assd"]))
     assert note in row["surface_note"]
-    assert "0.0" in EMPTY_RULE and "diagonal" in EMPTY_RULE
+    assert "NaN" in EMPTY_RULE and "diagonal" in EMPTY_RULE and "0.0" not in EMPTY_RULE
 
 
 def test_empty_diagonal_is_in_millimetres_with_spacing():
@@ -106,10 +108,34 @@ def test_multi_class_keys_and_means():
     row = surface_metrics(truth, pred, n_classes=4)   # class 3 absent from both
     assert row["hd95_c1"] == pytest.approx(3.0)
     assert row["hd95_c2"] == 0.0 and row["assd_c2"] == 0.0
-    assert row["hd95_c3"] == 0.0
-    assert row["hd95"] == pytest.approx(1.0)
+    assert math.isnan(row["hd95_c3"]) and math.isnan(row["assd_c3"])
+    assert row["hd95"] == pytest.approx(1.5)          # mean of classes 1 and 2; class 3 left out
     assert "class 3: truth and prediction empty" in row["surface_note"]
     assert set(surface_metrics(square(), square(), 2)) == {"hd95", "assd", "distance_unit", "surface_note"}
+
+
+def summary_row(hd95: float, unit: str = "px", note: str = "") -> dict:
+    return {"hd95": hd95, "assd": hd95 / 2, "distance_unit": unit, "surface_note": note}
+
+
+def test_summary_leaves_out_images_empty_in_both():
+    rows = [summary_row(2.0), summary_row(4.0), summary_row(math.nan, note="truth and prediction empty"),
+            summary_row(80.0, note="truth empty, prediction not")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = summarise_surface(rows)
+    assert s["hd95_mean"] == pytest.approx(86 / 3) and s["hd95_median"] == 4.0
+    assert s["assd_mean"] == pytest.approx(43 / 3) and s["assd_median"] == 2.0
+    assert s["n_surface_empty"] == 2 and s["n_surface_empty_both"] == 1 and s["distance_unit"] == "px"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = summarise_surface([summary_row(math.nan, note="empty")] * 2)
+    assert all(math.isnan(none[k]) for k in ("hd95_mean", "hd95_median", "assd_mean", "assd_median"))
+
+
+def test_summary_never_mixes_pixels_and_millimetres():
+    with pytest.raises(ValueError, match="averaged"):
+        summarise_surface([summary_row(2.0, "px"), summary_row(1.0, "mm")])
 
 
 def test_bad_input_is_refused():
@@ -130,39 +156,70 @@ def test_tiff_centimetre_resolution(tmp_path):
     assert pixel_spacing(path) == pytest.approx((1.0, 1.0))
 
 
-def test_tiff_anisotropic_inch_resolution(tmp_path):
+def test_tiff_anisotropic_centimetre_resolution(tmp_path):
     path = tmp_path / "a.tiff"
-    # tifffile's resolution is (x, y): 254 pixels per inch across, 127 down
-    tifffile.imwrite(path, IMAGE, resolution=(254, 127), resolutionunit="INCH")
+    # tifffile's resolution is (x, y): 100 pixels per cm across, 50 down
+    tifffile.imwrite(path, IMAGE, resolution=(100, 50), resolutionunit="CENTIMETER")
     assert pixel_spacing(path) == pytest.approx((0.2, 0.1))
 
 
-def test_imagej_tiff_unit(tmp_path):
+@pytest.mark.parametrize("unit, mm", [("um", 0.0005), ("micron", 0.0005), ("\\u00B5m", 0.0005),
+                                      ("mm", 0.5), ("cm", 5.0), ("nm", 5e-7)])
+def test_imagej_tiff_unit(tmp_path, unit, mm):
     path = tmp_path / "a.tif"
-    tifffile.imwrite(path, IMAGE, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
-    assert pixel_spacing(path) == pytest.approx((0.0005, 0.0005))
+    tifffile.imwrite(path, IMAGE, imagej=True, resolution=(2.0, 2.0), metadata={"unit": unit})
+    assert pixel_spacing(path) == pytest.approx((mm, mm))
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"resolution": (72, 72), "resolutionunit": "INCH"},
+                                    {"resolution": (300, 300), "resolutionunit": "INCH"},
+                                    {"resolution": (254, 127)},          # no unit tag: inch, the default
+                                    {"resolution": (28.35, 28.35), "resolutionunit": "CENTIMETER"},  # 72 dpi
+                                    {"resolution": (37.8, 37.8), "resolutionunit": "CENTIMETER"},    # 96 dpi
                                     {"resolution": (1, 1), "resolutionunit": "CENTIMETER"},
                                     {"resolution": (10, 10), "resolutionunit": "NONE"}])
-def test_tiff_without_a_meaningful_spacing(tmp_path, kwargs):
+def test_tiff_without_a_physical_spacing(tmp_path, kwargs):
+    """An inch resolution is a print size (what scanners and image editors store), not a measurement."""
     path = tmp_path / "a.tif"
     tifffile.imwrite(path, IMAGE, **kwargs)
     assert pixel_spacing(path) is None
 
 
-def test_png_phys(tmp_path):
-    path = tmp_path / "a.png"
-    Image.fromarray(IMAGE).save(path, dpi=(254, 254))     # stored as 10000 pixels per metre
-    assert pixel_spacing(path) == pytest.approx((0.1, 0.1))
-    for dpi in (None, (72, 72), (96, 96)):
+def test_imagej_tiff_without_a_length_unit(tmp_path):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, IMAGE, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "pixel"})
+    assert pixel_spacing(path) is None
+
+
+@pytest.mark.parametrize("dpi", [None, (72, 72), (96, 96), (254, 254), (300, 300)])
+def test_png_and_jpeg_dpi_never_give_millimetres(tmp_path, dpi):
+    for name in ("a.png", "a.jpg"):
+        path = tmp_path / name
         Image.fromarray(IMAGE).save(path, **({"dpi": dpi} if dpi else {}))
-        assert pixel_spacing(path) is None
+        assert pixel_spacing(path) is None, (name, dpi)
 
 
 def test_unreadable_file_names_itself(tmp_path):
     path = tmp_path / "broken.tif"
-    path.write_bytes(b"not a tiff")
+    path.write_bytes(b"II*\x00 broken after the magic number")
     with pytest.raises(DataError, match="broken.tif"):
         pixel_spacing(path)
+
+
+def test_a_split_uses_millimetres_only_when_every_image_has_a_spacing(caplog):
+    mm = (0.5, 0.5)
+    assert split_spacings([mm, (0.2, 0.3)]) == [mm, (0.2, 0.3)]
+    assert split_spacings([None, None]) == [None, None]
+    assert not caplog.records                       # all in pixels is the ordinary case: no warning
+    assert split_spacings([mm, None, mm]) == [None, None, None]
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "1 of 3 images" in record.getMessage()
+    assert split_spacings([mm, None], given=(1.0, 2.0)) == [(1.0, 2.0)] * 2
+
+
+def test_parse_spacing():
+    assert parse_spacing("0.5,0.7") == (0.5, 0.7)
+    assert parse_spacing((1, 2)) == (1.0, 2.0)
+    for bad in ("0.5", "0,1", "a,b", "1,2,3", "-1,1", "nan,1", (1.0,)):
+        with pytest.raises(ConfigError, match="ROW,COL"):
+            parse_spacing(bad)

@@ -93,7 +93,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-epoch", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
-    p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower)")
+    p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower; auto precision is fp32)")
+    _add_precision(p)
+    p.add_argument("--group-by", metavar="REGEX",
+                   help="the regex's first match in a file stem names its group (patient, sequence): "
+                        "the validation split keeps groups whole, e.g. '^[^_]+' or 'patient(\\d+)'")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -101,6 +105,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("split_dir", type=Path, help="folder with image/ and label/")
     p.add_argument("--out", type=Path, help="default RUN/eval-<split name>")
     p.add_argument("--threshold", type=float)
+    p.add_argument("--spacing", metavar="ROW,COL",
+                   help="pixel size in mm for HD95 and ASSD (default: from TIFF files in cm or with an "
+                        "ImageJ unit when every image has one, else pixels)")
     _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
@@ -125,16 +132,24 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", default="none", help="none | flips: average the flipped predictions")
     p.add_argument("--max-size", type=int, default=1024, help="larger images are predicted in tiles")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (Gaussian-blended)")
-    p.add_argument("--no-postprocess", action="store_true", help="ignore the tuned clean-up steps")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="ignore the tuned threshold and clean-up steps: threshold 0.5 (or --threshold), no clean-up")
     p.add_argument("--keep-largest", type=int, metavar="K", help="keep the K largest objects of each class (0: off)")
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes in objects (or not)")
     p.add_argument("--min-size", type=int, metavar="PX", help="remove objects under PX pixels (0: off)")
+    _add_precision(p)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto",
+                   help="auto | bf16 | fp16 | fp32 (auto: the fastest on this machine, by a few timed steps)")
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--time", type=parse_duration, help="training budget (default 200s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training run (the data are always the same)")
     p.add_argument("--device", default="auto")
+    _add_precision(p)
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -188,15 +203,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         data_cfg = DataConfig(size=args.size, normalise=_normalisation(args), window=args.window,
                               percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
-                              foreground_share=args.foreground_share, label_mode=args.label_mode)
+                              foreground_share=args.foreground_share, label_mode=args.label_mode,
+                              group_by=args.group_by)
         cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                           lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
-                          samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic)
+                          samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
+                          precision=args.precision)
         run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
                             resume=args.resume, progress=progress)
         print(f"run folder: {run}")
     elif args.command == "evaluate":
+        from medunet.surface import parse_spacing
+
         summary = medunet.evaluate(args.run, args.split_dir, args.out, overwrite=args.overwrite,
+                                   spacing=parse_spacing(args.spacing) if args.spacing else None,
                                    **_inference_options(args))
         print(format_summary(summary))
     elif args.command == "predict":
@@ -225,15 +245,14 @@ def _run(args: argparse.Namespace) -> int:
         for step in result.steps:
             print(f"{step.description:<40} Dice {step.dice_before:.4f} → {step.dice_after:.4f}"
                   f"  {'kept' if step.kept else 'not kept'}")
-        print(f"chosen: {result.config.describe()} (validation Dice {result.baseline_dice:.4f} → {result.dice:.4f})")
+        if args.quiet:  # otherwise the API's log line has already said it
+            print(f"chosen: {result.config.describe()} (validation Dice {result.baseline_dice:.4f} → {result.dice:.4f})")
     elif args.command == "report":
         from medunet.api.report import report
 
         print(f"report written to {report(args.run, args.eval_dir, args.out)}")
     elif args.command == "demo":
-        from medunet.api.demo import DEMO_TRAIN_SECONDS
-
-        summary = medunet.demo(args.out, train_seconds=args.time or DEMO_TRAIN_SECONDS, device=args.device,
+        summary = medunet.demo(args.out, seed=args.seed, device=args.device, precision=args.precision,
                                overwrite=args.overwrite, progress=progress)
         print(format_summary(summary))
         print(f"demo finished in {summary['seconds']:.0f} s: test Dice {summary['dice_mean']:.4f}\n"
@@ -244,26 +263,35 @@ def _run(args: argparse.Namespace) -> int:
 def _inference_options(args: argparse.Namespace) -> dict:
     return dict(threshold=args.threshold, device=args.device, tta=args.tta, max_size=args.max_size,
                 overlap=args.overlap, postprocess=not args.no_postprocess, keep_largest=args.keep_largest,
-                fill_holes=args.fill_holes, min_size=args.min_size)
+                fill_holes=args.fill_holes, min_size=args.min_size, precision=args.precision)
 
 
 def format_summary(summary: dict) -> str:
-    """A short table of the headline metrics; Dice first, accuracy last (it flatters empty masks)."""
-    lines = [f"images            {summary['n_images']}",
-             f"Dice (mean)       {summary['dice_mean']:.4f}",
-             f"Dice (pooled)     {summary['dice_global']:.4f}",
-             f"IoU (mean)        {summary['iou_mean']:.4f}",
-             f"precision (mean)  {summary['precision_mean']:.4f}",
-             f"recall (mean)     {summary['recall_mean']:.4f}",
-             f"pixel accuracy    {summary['accuracy_mean']:.4f}  (high even for empty predictions)"]
+    """A short table of the headline metrics; Dice first, accuracy last (it flatters empty masks).
+    An undefined value (NaN in memory, null in summary.json) shows as "undefined"."""
+    def num(value: object, digits: int = 4) -> str:
+        return "undefined" if value is None or value != value else f"{value:.{digits}f}"
+
+    excluded = summary.get("n_empty_both", 0)
+    lines = [f"images            {summary['n_images']}"
+             + (f" ({excluded} empty in truth and prediction: left out of the means)" if excluded else ""),
+             f"Dice (mean)       {num(summary['dice_mean'])}"
+             + ("  (no image left to average)" if excluded and excluded == summary["n_images"] else ""),
+             f"Dice (pooled)     {num(summary['dice_global'])}",
+             f"IoU (mean)        {num(summary['iou_mean'])}",
+             f"precision (mean)  {num(summary['precision_mean'])}",
+             f"recall (mean)     {num(summary['recall_mean'])}",
+             f"pixel accuracy    {num(summary['accuracy_mean'])}  (high even for empty predictions)"]
     if "hd95_mean" in summary:
         unit = summary["distance_unit"]
-        lines += [f"HD95 (median)     {summary['hd95_median']:.2f} {unit}",
-                  f"ASSD (median)     {summary['assd_median']:.2f} {unit}"]
+        lines += [f"HD95 (median)     {num(summary['hd95_median'], 2)} {unit}",
+                  f"ASSD (median)     {num(summary['assd_median'], 2)} {unit}"]
     for k, c in summary.get("per_class", {}).items():
-        lines.append(f"class {k}: Dice (mean) {c['dice_mean']:.4f}, pooled {c['dice_global']:.4f}")
-    if summary.get("n_both_empty"):
-        lines.append(f"{summary['n_both_empty']} image(s) with empty truth and prediction count as Dice 1.0")
+        lines.append(f"class {k}: Dice (mean) {num(c['dice_mean'])}, pooled {num(c['dice_global'])}"
+                     + (f", {c['n_empty_both']} image(s) empty in both left out" if c.get("n_empty_both") else ""))
+    if summary.get("n_empty_truth"):
+        lines.append(f"{summary['n_empty_truth']} image(s) with empty truth: {excluded} predicted empty "
+                     f"(left out), {summary['n_empty_truth'] - excluded} with a false positive (Dice 0)")
     return "\n".join(lines)
 
 

@@ -7,8 +7,13 @@ it (binary erosion XOR mask); distances are Euclidean between surface pixel cent
 larger of the two directed 95th percentiles (linear interpolation), not the 95th percentile of both
 directions pooled; ASSD is the mean of both directions' distances pooled.
 
-MONAI returns NaN when truth and prediction are both empty and inf when one is; here those cases
-follow `EMPTY_RULE` instead, and `surface_note` says which case occurred.
+MONAI returns NaN when truth and prediction are both empty and inf when one is. Here the first
+stays NaN (undefined, left out of means and medians, as for Dice in `medunet.metrics`) and the
+second becomes the image diagonal (`EMPTY_RULE`); `surface_note` says which case occurred.
+
+Millimetres come only from a real physical-size source (`pixel_spacing`): a TIFF resolution in
+centimetres or an ImageJ TIFF's length unit. Inch resolutions, PNG pHYs and JPEG dpi are what print
+and screen writers store, not measurements, so they give no spacing.
 """
 from __future__ import annotations
 
@@ -19,21 +24,24 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image
 
-from medunet.errors import DataError
+from medunet.errors import ConfigError, DataError
+from medunet.io.images import is_tiff
+from medunet.metrics import NAN, defined_mean
 
 logger = logging.getLogger(__name__)
 
-EMPTY_RULE = ("for a class whose truth and prediction are both empty, HD95 and ASSD are 0.0; "
-              "when exactly one of them is empty, both are set to the image diagonal "
+EMPTY_RULE = ("for a class whose truth and prediction are both empty, HD95 and ASSD are undefined "
+              "(NaN) and left out of the image's mean over classes; an image with no defined class "
+              "is left out of the means and medians over images (null when none is left). When "
+              "exactly one of them is empty, both are set to the image diagonal "
               "(height × width in the distance unit), the worst case")
 
-MM_PER_UNIT = {2: 25.4, 3: 10.0}            # TIFF ResolutionUnit: 2 inch, 3 centimetre
+CENTIMETRE = 3                              # TIFF ResolutionUnit; 2 (inch, the default) is a print size
 IMAGEJ_MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "micron": 1e-3, "um": 1e-3, "\u00b5m": 1e-3,
                       "\\u00B5m": 1e-3, "nm": 1e-6}
 DEFAULT_DPI = (72.0, 96.0)                  # what writers store when nobody measured anything
-DPI_TOLERANCE = 0.01                        # pHYs stores pixels per metre: 72 dpi reads as 72.009
+DPI_TOLERANCE = 0.01                        # writers round per-cm values: 28.35/cm reads as 72.009 dpi
 
 
 def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
@@ -47,10 +55,11 @@ def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
         spacing: (row, column) pixel size in mm, or None for pixels.
 
     Returns:
-        `hd95`, `assd` (means over foreground classes), `hd95_c{k}`, `assd_c{k}` when there are
-        several foreground classes, `distance_unit` ("px" or "mm"), and `surface_note` ("" when no
-        class is empty in truth or prediction, else which class fell under `EMPTY_RULE`).
-        Never NaN or inf.
+        `hd95`, `assd` (means over the foreground classes that are defined; NaN when every class
+        is empty in truth and prediction), `hd95_c{k}`, `assd_c{k}` when there are several
+        foreground classes (NaN for a class empty in both), `distance_unit` ("px" or "mm"), and
+        `surface_note` ("" when no class is empty in truth or prediction, else which class fell
+        under `EMPTY_RULE`). Never inf.
     """
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.ndim != 2 or truth.shape != pred.shape:
@@ -67,14 +76,13 @@ def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
         if in_truth and in_pred:
             measured.append(c)
             continue
-        value = 0.0 if not (in_truth or in_pred) else diagonal
+        value = NAN if not (in_truth or in_pred) else diagonal
         hd95[c] = assd[c] = value
         notes.append(_empty_note(c, n_classes, in_truth, in_pred, value, unit))
     if measured:
         for c, h, a in zip(measured, *_monai_distances(truth, pred, measured, (sy, sx))):
             hd95[c], assd[c] = h, a
-    row: dict[str, float | str] = {"hd95": float(np.mean(list(hd95.values()))),
-                                   "assd": float(np.mean(list(assd.values())))}
+    row: dict[str, float | str] = {"hd95": defined_mean(hd95.values()), "assd": defined_mean(assd.values())}
     if n_classes > 2:
         for c in range(1, n_classes):
             row[f"hd95_c{c}"], row[f"assd_c{c}"] = hd95[c], assd[c]
@@ -95,7 +103,7 @@ def _check_spacing(spacing: tuple[float, float] | None) -> tuple[float, float]:
 def _empty_note(c: int, n_classes: int, in_truth: bool, in_pred: bool, value: float, unit: str) -> str:
     prefix = f"class {c}: " if n_classes > 2 else ""
     if not (in_truth or in_pred):
-        return f"{prefix}truth and prediction empty: HD95 and ASSD set to 0"
+        return f"{prefix}truth and prediction empty: HD95 and ASSD undefined"
     which = "truth empty, prediction not" if in_pred else "prediction empty, truth not"
     return f"{prefix}{which}: HD95 and ASSD set to the image diagonal ({value:.1f} {unit})"
 
@@ -128,21 +136,20 @@ def _monai_distances(truth: np.ndarray, pred: np.ndarray, classes: list[int],
 def pixel_spacing(path: Path) -> tuple[float, float] | None:
     """The (row, column) pixel size in mm stored in an image file, or None.
 
-    TIFF: YResolution / XResolution with ResolutionUnit inch or centimetre (or an ImageJ file's
-    `unit` of mm, cm, micron, nm). Other formats: Pillow's `dpi` (PNG pHYs in pixels per metre,
-    JPEG JFIF density). None when absent, unit-less, 1 pixel per unit, or a writer's default
-    (`DEFAULT_DPI`).
+    Only a real physical-size source counts: an ImageJ TIFF's `unit` (mm, cm, micron, µm, nm), or a
+    TIFF YResolution / XResolution whose ResolutionUnit is centimetre, unless it equals a writer's
+    default of 72 or 96 dpi (`DEFAULT_DPI`) or is 1 pixel per unit. None for every other file:
+    inch resolutions (the TIFF default), PNG pHYs and JPEG dpi are print or screen sizes.
 
     Raises:
-        DataError: the file cannot be read.
+        DataError: a TIFF file whose tags cannot be read.
     """
     path = Path(path)
+    if not is_tiff(path):
+        return None
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            spacing = _tiff_spacing(path)
-        else:
-            spacing = _pillow_spacing(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        spacing = _tiff_spacing(path)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:  # IndexError: no first page
         raise DataError(f"{path}: cannot read its pixel spacing ({exc})") from None
     if spacing is not None:
         logger.debug("%s: pixel spacing %.4g × %.4g mm", path, *spacing)
@@ -158,24 +165,12 @@ def _tiff_spacing(path: Path) -> tuple[float, float] | None:
         per_unit_y = _rational(tags["YResolution"].value)
         unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2  # TIFF default: inch
         imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-    if unit in MM_PER_UNIT:
-        mm = MM_PER_UNIT[unit]
-        if _is_default_dpi(per_unit_x * 25.4 / mm, per_unit_y * 25.4 / mm):
-            return None
-        return _spacing(per_unit_y, per_unit_x, mm)
     mm = IMAGEJ_MM_PER_UNIT.get(str(imagej_unit))
-    return None if mm is None else _spacing(per_unit_y, per_unit_x, mm)
-
-
-def _pillow_spacing(path: Path) -> tuple[float, float] | None:
-    with Image.open(path) as im:
-        dpi = im.info.get("dpi")
-    if not dpi or len(dpi) != 2:
+    if mm is not None:   # ImageJ stores its calibration here, whatever ResolutionUnit says
+        return _spacing(per_unit_y, per_unit_x, mm)
+    if unit != CENTIMETRE or _is_default_dpi(per_unit_x * 2.54, per_unit_y * 2.54):
         return None
-    dpi_x, dpi_y = float(dpi[0]), float(dpi[1])
-    if _is_default_dpi(dpi_x, dpi_y):
-        return None
-    return _spacing(dpi_y, dpi_x, 25.4)
+    return _spacing(per_unit_y, per_unit_x, 10.0)
 
 
 def _rational(value: object) -> float:
@@ -196,17 +191,61 @@ def _is_default_dpi(dpi_x: float, dpi_y: float) -> bool:
                for d in DEFAULT_DPI)
 
 
+def parse_spacing(spacing: str | tuple[float, float] | list[float]) -> tuple[float, float]:
+    """"ROW,COL" text or a pair of numbers → (row, column) pixel size in mm, both positive.
+
+    Raises:
+        ConfigError: not two positive finite numbers.
+    """
+    try:
+        values = tuple(float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"spacing must be ROW,COL: two positive pixel sizes in mm, got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+def split_spacings(found: list[tuple[float, float] | None],
+                   given: tuple[float, float] | None = None) -> list[tuple[float, float] | None]:
+    """The spacing each image of a split is measured with: `given` for all when there is one, the
+    files' own when every image has one, else None (pixels) for all, so that no mean mixes px and mm.
+    """
+    if given is not None:
+        return [given] * len(found)
+    missing = sum(s is None for s in found)
+    if missing and missing < len(found):
+        logger.warning("%d of %d images have no physical pixel size (a TIFF resolution in cm or an "
+                       "ImageJ unit): HD95 and ASSD of all %d images in pixels; give --spacing ROW,COL "
+                       "for millimetres", missing, len(found), len(found))
+    return list(found) if not missing else [None] * len(found)
+
+
 def summarise_surface(rows: list[dict]) -> dict:
-    """Means and medians of HD95 and ASSD over images, with the empty-case rule and how often it applied.
+    """Means and medians of HD95 and ASSD over the images where they are defined, with the empty-case
+    rule and how often it applied.
 
     The median is reported beside the mean because the empty-case value (the image diagonal) can
-    dominate a mean.
+    dominate a mean. Images whose every class is empty in truth and prediction (NaN, counted in
+    `n_surface_empty_both`) are left out; a mean or median over no image is NaN. `n_surface_empty`
+    counts the images where some class is empty in truth or prediction (a `surface_note`).
+
+    Raises:
+        ValueError: the rows mix pixel and millimetre distances.
     """
-    hd95 = [float(r["hd95"]) for r in rows]
-    assd = [float(r["assd"]) for r in rows]
     units = {r["distance_unit"] for r in rows}
-    return {"hd95_mean": float(np.mean(hd95)), "hd95_median": float(np.median(hd95)),
-            "assd_mean": float(np.mean(assd)), "assd_median": float(np.median(assd)),
-            "distance_unit": units.pop() if len(units) == 1 else "mixed (px and mm)",
+    if len(units) > 1:
+        raise ValueError(f"distances in {sorted(units)} cannot be averaged together")
+    hd95 = np.array([float(r["hd95"]) for r in rows])
+    assd = np.array([float(r["assd"]) for r in rows])
+    return {"hd95_mean": defined_mean(hd95), "hd95_median": _defined_median(hd95),
+            "assd_mean": defined_mean(assd), "assd_median": _defined_median(assd),
+            "distance_unit": units.pop() if units else "px",
             "n_surface_empty": int(sum(bool(r["surface_note"]) for r in rows)),
+            "n_surface_empty_both": int(np.isnan(hd95).sum()),
             "surface_empty_rule": EMPTY_RULE}
+
+
+def _defined_median(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(np.median(defined)) if defined.size else NAN

@@ -49,7 +49,8 @@ def augment(split_dir: Path, out: Path, *, to: int = 0, preset: str = "seed", pr
             if index < to:
                 name = f"{source.stem}_aug{index:05d}"
                 write_image(stage / "image" / f"{name}{source.image.suffix}", image)
-                write_mask(stage / "label" / f"{name}{mask_suffix(source.label)}", encoding.decode(label))
+                write_mask(stage / "label" / f"{name}{mask_suffix(source.label)}", encoding.decode(label),
+                           palette=encoding.palette)
         if preview:
             write_image(stage / "preview.png", _grid(shown))
     logger.info("%d augmented pairs written to %s", to, out)

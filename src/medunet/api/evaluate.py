@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 from medunet.io.outputs import staged_folder, write_json
 from medunet.config import PredictConfig
 from medunet.data.cache import read_split
-from medunet.data.pairs import find_pairs
+from medunet.data.pairs import Pair, find_pairs
 from medunet.engine.predictor import Predictor
 from medunet.io.images import write_mask
 from medunet.metrics import class_counts, image_metrics, summarise
-from medunet.surface import pixel_spacing, summarise_surface, surface_metrics
+from medunet.surface import parse_spacing, pixel_spacing, split_spacings, summarise_surface, surface_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -20,16 +21,21 @@ CHUNK = 16  # images decoded at a time: bounded memory for large folders
 
 
 def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: bool = False,
-             **options) -> dict:
+             spacing: tuple[float, float] | None = None, **options) -> dict:
     """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
 
-    Returns the summary dict; writes `metrics.csv`, `summary.json` and the predicted masks
-    (`masks/<stem>.png`, in the labels' encoding) into `out` (default `RUN/eval-<split name>`).
-    `options` are PredictConfig fields (device, threshold, tta, max_size, ...).
+    Returns the summary dict (undefined means are NaN); writes `metrics.csv` (NaN cells as `nan`),
+    `summary.json` (NaN as null) and the predicted masks (`masks/<stem>.png`, in the labels'
+    encoding) into `out` (default `RUN/eval-<split name>`). `spacing` is the (row, column) pixel
+    size in mm for HD95 and ASSD of every image; without it, mm only when every image's file stores
+    a physical pixel size (`medunet.surface.pixel_spacing`), else pixels for all. `options` are
+    PredictConfig fields (device, threshold, tta, max_size, ...).
     """
     run, split_dir = Path(run), Path(split_dir)
+    given = parse_spacing(spacing) if spacing is not None else None
     predictor = Predictor.from_checkpoint(run, PredictConfig(**options))
     pairs = find_pairs(split_dir)
+    spacings = dict(zip((p.stem for p in pairs), split_spacings([_file_spacing(p) for p in pairs], given)))
     out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
     n_classes = predictor.encoding.n_classes
     rows, all_counts = [], []
@@ -40,14 +46,15 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
             truths = [predictor.encoding.encode(lab.values, lab.path) for lab in raw.labels]
             for pair, truth, probs in zip(raw.pairs, truths, predictor.probabilities(raw.images)):
                 pred = predictor.to_mask(probs)
-                spacing = pixel_spacing(pair.image) or pixel_spacing(pair.label)
                 rows.append({"stem": pair.stem, **image_metrics(truth, pred, n_classes),
-                             **surface_metrics(truth, pred, n_classes, spacing)})
+                             **surface_metrics(truth, pred, n_classes, spacings[pair.stem])})
                 all_counts.append(class_counts(truth, pred, n_classes))
-                write_mask(stage / "masks" / f"{pair.stem}.png", predictor.encoding.decode(pred))
+                write_mask(stage / "masks" / f"{pair.stem}.png", predictor.encoding.decode(pred), palette=predictor.encoding.palette)
         summary = summarise(rows, all_counts, n_classes)
         summary.update(summarise_surface(rows))
-        summary.update(threshold=predictor.threshold, run=str(run.resolve()), split_dir=str(split_dir.resolve()))
+        summary.update(threshold=predictor.threshold, spacing_mm=list(given) if given else None,
+                       run=str(run.resolve()), split_dir=str(split_dir.resolve()))
+        _warn_if_undefined(summary)
         _write_rows(stage / "metrics.csv", rows)
         write_json(stage / "summary.json", summary)
     logger.info("evaluation written to %s", out)
@@ -55,9 +62,27 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
     return summary
 
 
+def _file_spacing(pair: Pair) -> tuple[float, float] | None:
+    """The image's physical pixel size in mm, else the label's, else None."""
+    return pixel_spacing(pair.image) or (pixel_spacing(pair.label) if pair.label is not None else None)
+
+
+def _warn_if_undefined(summary: dict) -> None:
+    if math.isnan(summary["dice_mean"]):
+        logger.warning("Dice (mean) is undefined: all %d images are empty in truth and prediction "
+                       "(written as null)", summary["n_images"])
+
+
 def _write_rows(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+
+
+def _cell(v: object) -> object:
+    """Floats with 6 decimals; an undefined value (NaN) as `nan`, which float() reads back."""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6f}"
+    return v

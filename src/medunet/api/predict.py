@@ -51,7 +51,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
             for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
                 classes = predictor.to_mask(output.probs)
                 name = f"{path.stem}{mask_suffix(path)}"
-                write_mask(stage / name, predictor.encoding.decode(classes), like=path)
+                write_mask(stage / name, predictor.encoding.decode(classes), like=path, palette=predictor.encoding.palette)
                 written.append(Path(out) / name)
                 _extras(stage, path, image, classes, output, overlay, probabilities)
                 flags += _flag(path.stem, classes, predictor)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import logging
 import shlex
 from pathlib import Path
@@ -11,7 +12,8 @@ from medunet.data.encoding import LabelEncoding
 from medunet.data.pairs import Pair, find_pairs, natural_key, read_split
 from medunet.engine.checkpoint import find_checkpoint, load_checkpoint
 from medunet.errors import CheckpointError, DataError
-from medunet.io.images import atomic_target, read_image, read_label
+from medunet.io.images import read_image, read_label
+from medunet.io.outputs import write_text
 from medunet.report.html import Evaluation, GalleryItem, Report, overlay_errors, png_bytes, render_report, thumbnail
 
 logger = logging.getLogger(__name__)
@@ -38,9 +40,7 @@ def report(run: Path, eval_dir: Path | None = None, out: Path | None = None) -> 
         evaluation=read_evaluation(eval_dir, run) if eval_dir is not None else None,
         hint=_no_evaluation_hint(run)))
     out = Path(out) if out is not None else run / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_target(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    write_text(out, page)
     logger.info("report written to %s", out)
     return out
 
@@ -59,9 +59,16 @@ def read_evaluation(eval_dir: Path, run: Path) -> Evaluation:
     summary = json.loads((eval_dir / "summary.json").read_text(encoding="utf-8"))
     rows = [_parse_row(row) for row in _read_csv(eval_dir / "metrics.csv")]
     columns = [c for c in (rows[0] if rows else {}) if c != "stem" and all(_is_number(r[c]) for r in rows)]
-    worst_first = sorted(rows, key=lambda r: (r.get("dice", 0.0), natural_key(r["stem"])))
+    worst_first = sorted(rows, key=_worst_first)
     gallery = _gallery(worst_first, eval_dir, Path(summary.get("split_dir", "")), run)
     return Evaluation(folder=eval_dir.resolve(), summary=summary, columns=columns, rows=rows, gallery=gallery)
+
+
+def _worst_first(row: dict) -> tuple:
+    """Sort key: lowest Dice first, undefined Dice (empty in truth and prediction) last, then by name."""
+    dice = row.get("dice", 0.0)
+    undefined = not isinstance(dice, float) or math.isnan(dice)
+    return undefined, 0.0 if undefined else dice, natural_key(row["stem"])
 
 
 def _gallery(rows: list[dict], eval_dir: Path, split_dir: Path, run: Path) -> list[GalleryItem]:

@@ -14,14 +14,17 @@ from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
-from medunet.data.cache import RawSplit, area_stats, build_cache, read_split
+from medunet.data.cache import Cache, area_stats, build_cache, read_split
 from medunet.data.doctor import ENCODING_CHECKS, check_and_read
 from medunet.data.encoding import LabelEncoding, detect_encoding
-from medunet.data.pairs import dataset_splits, split_train_val, write_split
+from medunet.data.pairs import dataset_splits, looks_grouped, split_train_val, write_split
 from medunet.data.pairs import read_split as read_split_file
+from medunet.engine import precision as precisions
 from medunet.engine.device import resolve_device
-from medunet.engine.checkpoint import load_checkpoint, remove_stale_temporaries
+from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.precision import Precision
 from medunet.engine.trainer import Job, TrainingInterrupted, fit
+from medunet.io.outputs import remove_stale_temporaries
 from medunet.models.unet import UNet, count_parameters
 from medunet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
 from medunet.transforms.intensity import is_colour
@@ -31,20 +34,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
-    """The decoded train and validation splits and what was learnt from them."""
+    """The train and validation splits, network-ready, and what was learnt from the files."""
 
-    train: RawSplit
-    val: RawSplit
+    train: Cache
+    val: Cache
     splits: dict
     encoding: LabelEncoding
-    channels: int
+    data_cfg: DataConfig      # with the channels the images have
 
 
 def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
-    """Pair, split and decode; every check that can fail on the user's data runs here, before any output.
+    """Pair, split, decode and normalise; every check that can fail on the user's data runs here,
+    before any output.
 
     The doctor's quick checks come first, so a data trap is refused with its clear message; the
-    test split is left to `evaluate`, which names its own problems.
+    test split is left to `evaluate`, which names its own problems. The decoded files are let go
+    as the caches are built, so only the float32 caches stay in memory during training.
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
     report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
@@ -55,14 +60,26 @@ def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
     if "validation" in splits:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:
-        train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed)
+        _warn_if_grouped(splits["train"], data_cfg)
+        train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed, data_cfg.group_by)
     train, val = read_split(train_pairs, decoded), read_split(val_pairs, decoded)
+    del decoded
     encoding = detect_encoding(train.labels + val.labels, data_cfg.label_mode)
     channels = 3 if any(is_colour(im) for im in train.images) else 1
+    data_cfg = replace(data_cfg, channels=channels)
     record = {"train": train_pairs, "validation": val_pairs}
     if "test" in splits:
         record["test"] = splits["test"]
-    return Dataset(train, val, record, encoding, channels)
+    return Dataset(build_cache(train, data_cfg, encoding, consume=True),
+                   build_cache(val, data_cfg, encoding, consume=True), record, encoding, data_cfg)
+
+
+def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
+    prefixes = looks_grouped([p.stem for p in pairs])
+    if prefixes and data_cfg.group_by is None:
+        logger.warning("file names look like slices of %d sources (%s, ...); the validation split is drawn per file, "
+                       "so one source can sit on both sides: pass --group-by REGEX (e.g. '^[^_]+') to keep "
+                       "each source whole", len(prefixes), ", ".join(prefixes[:3]))
 
 
 def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
@@ -84,28 +101,37 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
     dataset = load_dataset(Path(data), data_cfg, cfg.seed)
-    data_cfg = replace(data_cfg, channels=dataset.channels)
+    data_cfg = dataset.data_cfg
     preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
     n = dataset.encoding.n_classes
-    model_cfg = model_preset(preset, in_channels=dataset.channels, out_channels=1 if n == 2 else n)
+    model_cfg = model_preset(preset, in_channels=data_cfg.channels, out_channels=1 if n == 2 else n)
     torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
     model = UNet(model_cfg)
     batch = cfg.batch or (32 if device.type == "cuda" else 8)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
-                len(dataset.train.images), len(dataset.val.images), dataset.encoding.describe(),
-                dataset.channels)
-    logger.info("model: %s preset, %s parameters, on %s, batch %d", preset,
-                f"{count_parameters(model):,}", device, batch)
+                len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.channels)
+    precision, speeds = choose_precision(cfg, device, model, data_cfg)
+    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", preset,
+                f"{count_parameters(model):,}", device, batch, precision.name)
     clear(out)
-    _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch)
-    caches = (build_cache(dataset.train, data_cfg, dataset.encoding),
-              build_cache(dataset.val, data_cfg, dataset.encoding))
-    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(caches[0]))
-    return _fit(model, caches, cfg, job, val_raw=dataset.val)
+    _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch,
+                     {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
+                      "measured_images_per_s": speeds})
+    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(dataset.train),
+              precision)
+    return _fit(model, (dataset.train, dataset.val), cfg, job)
 
 
-def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | None = None,
-         val_raw: RawSplit | None = None) -> Path:
+def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet,
+                     data_cfg: DataConfig) -> tuple[Precision, dict[str, float]]:
+    """`cfg.precision`, measured on this machine for "auto"; deterministic runs take plain fp32,
+    so that two runs cannot differ by what a timing probe happened to pick."""
+    if cfg.precision == "auto" and cfg.deterministic:
+        return Precision("fp32", False), {}
+    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.size)
+
+
+def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
     try:
         state = fit(model, *caches, cfg, job, resume=resume)
     except TrainingInterrupted as stop:
@@ -116,7 +142,7 @@ def _fit(model: UNet, caches: tuple, cfg: TrainConfig, job: Job, resume: dict | 
                              f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
     logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
                 state.epoch, state.elapsed, state.best_dice, job.run_dir)
-    tune(job.run_dir, device=job.device.type, raw=val_raw)  # the validation split already in RAM
+    tune(job.run_dir, device=job.device.type, cache=caches[1])  # the validation split already in RAM
     return job.run_dir
 
 
@@ -143,14 +169,24 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     if overrides.device != "auto":
         cfg = replace(cfg, device=overrides.device)
     splits = read_split_file(out / "split.json")
-    train_raw, val_raw = read_split(splits["train"]), read_split(splits["validation"])
-    caches = (build_cache(train_raw, ckpt.data_config, ckpt.encoding),
-              build_cache(val_raw, ckpt.data_config, ckpt.encoding))
-    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding,
-              resolve_device(cfg.device), stored["batch"], progress, ckpt.area_stats)
-    logger.info("resuming %s after epoch %d", out, ckpt.train.get("epoch", 0))
+    caches = tuple(build_cache(read_split(splits[name]), ckpt.data_config, ckpt.encoding, consume=True)
+                   for name in ("train", "validation"))
+    device = resolve_device(cfg.device)
     model = ckpt.build_model().train()
-    return _fit(model, caches, cfg, job, resume=ckpt.train, val_raw=val_raw)
+    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
+              stored["batch"], progress, ckpt.area_stats, _resumed_precision(stored, cfg, device, model))
+    logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, job.precision.name)
+    return _fit(model, caches, cfg, job, resume=ckpt.train)
+
+
+def _resumed_precision(stored: dict, cfg: TrainConfig, device: torch.device, model: UNet) -> Precision:
+    """The run's own choice on the same kind of device; measured again after a move (CPU ↔ CUDA)."""
+    record = stored.get("precision") or {}
+    if record.get("device") == device.type and record.get("chosen"):
+        dtype, _, layout = record["chosen"].partition("+")
+        return Precision(dtype, layout == "channels_last")
+    data_cfg = from_dict(DataConfig, stored["data"])
+    return choose_precision(cfg, device, model, data_cfg)[0]
 
 
 def _default_run(data: Path) -> Path:
@@ -162,11 +198,11 @@ def _default_run(data: Path) -> Path:
     return candidate
 
 
-def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch) -> None:
+def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch, precision) -> None:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {
         "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": preset,
-        "batch": batch, "data": to_dict(data_cfg), "model": to_dict(model_cfg), "train": to_dict(cfg),
-        "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
+        "batch": batch, "precision": precision, "data": to_dict(data_cfg), "model": to_dict(model_cfg),
+        "train": to_dict(cfg), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
     })
-    write_split(out / "split.json", dataset.splits)
+    write_split(out / "split.json", dataset.splits, data_cfg.group_by)

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from medunet.config import PredictConfig
-from medunet.data.cache import RawSplit, read_split
+from medunet.data.cache import Cache, read_split
 from medunet.data.pairs import find_pairs
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import postprocess
@@ -17,25 +17,29 @@ logger = logging.getLogger(__name__)
 
 
 def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto",
-         raw: RawSplit | None = None) -> postprocess.TuneResult:
+         cache: Cache | None = None) -> postprocess.TuneResult:
     """Tune post-processing of the run's best checkpoint on its validation split (or `split_dir`).
 
-    The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it. `raw`
-    is the validation split already decoded (training passes it, so no file is read twice).
+    The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it. `cache`
+    is the validation split already in RAM, normalised with the run's preprocessing (training passes
+    it, so no file is read twice).
     """
     run = Path(run)
     path = find_checkpoint(run) if run.is_dir() else run
     ckpt = load_checkpoint(path)
-    if raw is None:
-        raw = read_split(find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path))
     predictor = Predictor.from_checkpoint(ckpt, PredictConfig(device=device, postprocess=False))
-    truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
-    result = postprocess.tune(predictor.probabilities(raw.images), truths, ckpt.encoding.n_classes)
+    if cache is None:
+        raw = read_split(find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path))
+        probs = predictor.probabilities(raw.images)
+        truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
+    else:
+        probs, truths = [o.probs for o in predictor.outputs_normalised(cache.images)], cache.labels
+    result = postprocess.tune(probs, truths, ckpt.encoding.n_classes)
     ckpt.postprocess = result.config.to_dict()
     save_checkpoint(path, ckpt)
-    for step in result.steps:
-        logger.info("tune: %-40s Dice %.4f → %.4f  %s", step.description, step.dice_before, step.dice_after,
-                    "kept" if step.kept else "not kept")
+    for step in result.steps:  # the CLI prints these as a table; logged for API callers who want them
+        logger.debug("tune: %-40s Dice %.4f → %.4f  %s", step.description, step.dice_before, step.dice_after,
+                     "kept" if step.kept else "not kept")
     logger.info("tune: %s; validation Dice %.4f → %.4f, stored in %s", result.config.describe(),
                 result.baseline_dice, result.dice, path)
     return result

@@ -5,6 +5,7 @@ Every value a run depends on lives here, so `config.json` and the checkpoint can
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ T = TypeVar("T")
 
 NORMALISATIONS = ("zscore", "minmax", "window", "percentile")
 CROPS = ("random", "center", "label_box")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class DataConfig:
     foreground_share: float = 0.0        # share of training crops centred on a foreground pixel
     label_mode: str = "auto"             # auto | binary | classes: how mask values are read
     val_fraction: float = 0.1            # share of train/ held out when validation/ is absent
+    # Regex whose first match in a file stem names its group (a patient, a video sequence): the
+    # validation split keeps each group whole, so slices of one patient never sit on both sides.
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.size >= 16, f"--size must be at least 16, got {self.size}")
@@ -46,6 +51,11 @@ class DataConfig:
         _check(self.label_mode in ("auto", "binary", "classes"),
                f"--label-mode must be auto, binary or classes, got {self.label_mode!r}")
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.group_by is not None:
+            try:
+                re.compile(self.group_by)
+            except re.error as exc:
+                raise ConfigError(f"--group-by {self.group_by!r} is not a regular expression ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ class TrainConfig:
     """The optimisation: how long, how fast, on what."""
 
     preset: str = "auto"                 # auto: small on CPU, standard on CUDA
-    epochs: int | None = None            # None with no time budget: 50 epochs
+    epochs: int | None = None            # None with no time budget: engine.trainer.DEFAULT_EPOCHS
     time_budget: float | None = None     # seconds; training stops before an epoch that would overrun
     batch: int | None = None             # None: 8 on CPU, 32 on CUDA
     lr: float = 1e-3
@@ -107,8 +117,8 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda
     seed: int = 0
     augment: str = "default"             # an augmentation preset name
-    deterministic: bool = False
-    workers: int = 0                     # CPU threads for torch; 0 = all
+    deterministic: bool = False          # bit-reproducible; "auto" precision then means fp32
+    precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
 
     def __post_init__(self) -> None:
         _check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -119,6 +129,7 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.preset in ("auto", *MODEL_PRESETS),
                f"--preset must be auto or one of {', '.join(MODEL_PRESETS)}, got {self.preset!r}")
+        _check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ class PredictConfig:
     keep_largest: int | None = None
     fill_holes: bool | None = None
     min_size: int | None = None
+    precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
 
     def __post_init__(self) -> None:
         _check(self.threshold is None or 0.0 < self.threshold < 1.0,
@@ -148,6 +160,7 @@ class PredictConfig:
         _check(self.tta in ("none", "flips"), f"--tta must be none or flips, got {self.tta!r}")
         _check(self.max_size >= 32, f"--max-size must be at least 32, got {self.max_size}")
         _check(0.0 <= self.overlap < 1.0, f"--overlap must be in [0, 1), got {self.overlap}")
+        _check_precision(self.precision)
         for name in ("keep_largest", "min_size"):
             value = getattr(self, name)
             _check(value is None or value >= 0, f"--{name.replace('_', '-')} must be ≥ 0, got {value}")
@@ -156,6 +169,10 @@ class PredictConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_precision(name: str) -> None:
+    _check(name in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medunet.errors import DataError
-from medunet.io.images import IMAGE_SUFFIXES, atomic_target
+from medunet.io.images import IMAGE_SUFFIXES
+from medunet.io.outputs import write_text
 
 SPLITS = ("train", "validation", "test")
 MAX_LISTED = 10  # names shown in one error message before "and N more"
@@ -140,42 +141,81 @@ def dataset_splits(data_dir: Path) -> dict[str, list[Pair]]:
     return {name: find_pairs(data_dir / name) for name in SPLITS if (data_dir / name).is_dir()}
 
 
-def split_train_val(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Hold out a seeded random share of `pairs` for validation.
+def split_train_val(pairs: Sequence[Pair], fraction: float, seed: int,
+                    group_by: str | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Hold out a seeded random share of `pairs` (or of their groups) for validation.
 
     Args:
-        pairs: at least two pairs.
-        fraction: share for validation, in (0, 1); rounded, but at least 1 and at most n - 1 pairs.
+        pairs: at least two pairs (two groups with `group_by`).
+        fraction: share for validation, in (0, 1); rounded, but at least 1 and at most n - 1 pairs
+            or groups.
         seed: the same seed and pairs always give the same split.
+        group_by: a regex naming each stem's group (`group_of`); whole groups go to one side.
 
     Returns:
         (train, validation), each in the order of `pairs`.
 
     Raises:
-        DataError: fewer than two pairs.
+        DataError: fewer than two pairs or groups, or a stem the regex does not match.
     """
-    n = len(pairs)
+    groups = [group_of(p, group_by) if group_by else p.stem for p in pairs]
+    names = list(dict.fromkeys(groups))
+    n = len(names)
     if n < 2:
         where = f"{pairs[0].image.parent.parent}: " if pairs else ""
-        raise DataError(f"{where}{n} image/label pair(s); at least 2 are needed to hold out "
-                        "a validation image (or add a validation/ folder)")
+        what = f"{n} group(s) by --group-by {group_by!r}" if group_by else f"{n} image/label pair(s)"
+        raise DataError(f"{where}{what}; at least 2 are needed to hold out a validation "
+                        f"{'group' if group_by else 'image'} (or add a validation/ folder)")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     n_val = min(max(1, round(n * fraction)), n - 1)
-    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    train = [p for i, p in enumerate(pairs) if i not in chosen]
-    val = [p for i, p in enumerate(pairs) if i in chosen]
+    chosen = {names[i] for i in np.random.default_rng(seed).permutation(n)[:n_val].tolist()}
+    train = [p for p, g in zip(pairs, groups) if g not in chosen]
+    val = [p for p, g in zip(pairs, groups) if g in chosen]
     return train, val
 
 
-def write_split(path: Path, splits: dict[str, list[Pair]]) -> None:
-    """Write splits as JSON ({split: [{"stem", "image", "label"}]}, paths as strings), atomically."""
-    doc = {name: [{"stem": p.stem, "image": str(p.image),
-                   "label": None if p.label is None else str(p.label)} for p in pairs]
+def group_of(pair: Pair, pattern: str) -> str:
+    """The group of a pair: the first capturing group of `pattern`'s first match in the stem, or
+    the whole match when the pattern has no group (e.g. `^[^_]+` or `patient(\\d+)`)."""
+    match = re.search(pattern, pair.stem)
+    if match is None:
+        raise DataError(f"{pair.image}: --group-by {pattern!r} does not match the stem {pair.stem!r}")
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def stem_prefix(stem: str) -> str:
+    """A stem without its trailing counter: "p01_s003" → "p01", "case_0001" → "case", "12" → ""."""
+    return re.sub(r"[\W_]*[A-Za-z]*\d+[\W_]*$", "", stem)
+
+
+def looks_grouped(stems: Sequence[str]) -> list[str]:
+    """Prefixes shared by several stems when the stems look like slices or frames of a few sources
+    (at least 4 prefixes, typically 2 or more stems each), else []: a split per file would then put
+    one source on both sides."""
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem_prefix(stem)] = counts.get(stem_prefix(stem), 0) + 1
+    if len(counts) < 4 or float(np.median(list(counts.values()))) < 2:
+        return []
+    return sorted(counts, key=natural_key)
+
+
+def write_split(path: Path, splits: dict[str, list[Pair]], group_by: str | None = None) -> None:
+    """Write splits as JSON ({split: [{"stem", "image", "label"(, "group")}]}, paths as strings),
+    atomically; with `group_by` each entry names its group."""
+    doc = {name: [{"stem": p.stem, "image": str(p.image), "label": None if p.label is None else str(p.label),
+                   **({"group": _group_or_none(p, group_by)} if group_by else {})} for p in pairs]
            for name, pairs in splits.items()}
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    write_text(Path(path), json.dumps(doc, indent=1) + "\n")
+
+
+def _group_or_none(pair: Pair, pattern: str) -> str | None:
+    """Like group_of, for the record: a test file outside the naming scheme gets no group."""
+    try:
+        return group_of(pair, pattern)
+    except DataError:
+        return None
 
 
 def read_split(path: Path) -> dict[str, list[Pair]]:

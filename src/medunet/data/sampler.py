@@ -10,8 +10,9 @@ from medunet.transforms.geometry import Geometry
 class CropSampler:
     """Batches of `size`×`size` crops: images `(B, C, S, S)` float32, labels `(B, S, S)` int64.
 
-    Images smaller than the crop are placed at a random offset on a zero canvas (zero is the mean
-    after z-scoring) with background label. A share of crops is centred on a foreground pixel.
+    Images smaller than the crop are placed at a random offset on a zero canvas with background
+    label (zero is the mean after z-scoring, the bottom of the range after window or min-max
+    scaling: dark, like the air around a body). A share of crops is centred on a foreground pixel.
     """
 
     def __init__(self, cache: Cache, size: int, rng: np.random.Generator, foreground_share: float = 0.0,
@@ -63,7 +64,9 @@ def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, i
     """The part `(y0, x0, y1, x1)` of an image that training crops come from.
 
     random: the whole image; center: the centred `size`×`size` box (the tutorial's hand-made
-    crops); label_box: the label's bounding box plus `margin` (the whole image when it is empty).
+    crops); label_box: the label's bounding box plus `margin` (the whole image when it is empty),
+    grown to at least `size` along each axis with the image's own surrounding pixels, so a crop
+    shows real background around a small object instead of a blank canvas.
     """
     h, w = label.shape
     if mode == "center":  # the same box the Predictor sends through the network for such a run
@@ -71,6 +74,20 @@ def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, i
         return y0, x0, y0 + ch, x0 + cw
     if mode == "label_box" and label.any():
         rows, cols = np.flatnonzero(label.any(axis=1)), np.flatnonzero(label.any(axis=0))
-        return (max(0, rows[0] - margin), max(0, cols[0] - margin),
-                min(h, rows[-1] + 1 + margin), min(w, cols[-1] + 1 + margin))
+        y0, y1 = _at_least(rows[0] - margin, rows[-1] + 1 + margin, size, h)
+        x0, x1 = _at_least(cols[0] - margin, cols[-1] + 1 + margin, size, w)
+        return y0, x0, y1, x1
     return 0, 0, h, w
+
+
+def _at_least(start: int, stop: int, size: int, length: int) -> tuple[int, int]:
+    """`[start, stop)` clipped to `[0, length)` and grown about its centre to `size` (or `length`),
+    shifted inwards where it would cross an edge."""
+    start, stop = max(0, int(start)), min(length, int(stop))
+    need = min(size, length) - (stop - start)
+    if need > 0:
+        start = max(0, start - need // 2)
+        stop = start + max(stop - start, min(size, length))
+        if stop > length:
+            start, stop = start - (stop - length), length
+    return start, stop

@@ -6,8 +6,6 @@ along under "train".
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from medunet import __version__
 from medunet.config import DataConfig, ModelConfig, from_dict, to_dict
 from medunet.data.encoding import LabelEncoding
 from medunet.errors import CheckpointError
+from medunet.io.outputs import atomic_write
 from medunet.models.unet import UNet
 
 FORMAT = "medunet-checkpoint-1"
@@ -43,7 +42,7 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write `ckpt` atomically: a crash never leaves half a file under `path`."""
     payload = {
         "format": FORMAT,
         "version": ckpt.version,
@@ -55,29 +54,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "train": ckpt.train,
         "area_stats": ckpt.area_stats,
     }
-    atomic_torch_save(path, payload)
-
-
-def atomic_torch_save(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete `.NAME.*.tmp` files a killed writer left behind (SIGKILL skips the cleanup above)."""
-    stale = sorted(Path(folder).glob(".*.tmp"))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -13,8 +13,10 @@ pixels of another class (a ring of class 2 around class 3 leaves class 3 alone),
 appears that the argmax did not give. A speck removed from inside another class's object is
 background at that point, so filling gives it to the enclosing object.
 
-`tune` chooses these settings on a validation split by the mean per-image Dice of
-`medunet.metrics.image_metrics`.
+`tune` chooses these settings on a validation split by `medunet.metrics.mean_dice`, the same mean
+per-image Dice as evaluation's `dice_mean`: at each candidate, an image whose truth and prediction
+are both empty has no Dice and is left out of that candidate's mean, so emptying a prediction is
+never rewarded; a false positive on an empty truth scores 0.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from medunet.errors import ConfigError
-from medunet.metrics import Counts, image_metrics
+from medunet.metrics import Counts, defined_mean, mean_dice
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +201,9 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
     First the threshold (K = 1 only) over `THRESHOLD_GRID`, then in turn `min_size` (the best of
     `MIN_SIZE_FRACTIONS` × the median true object size), `keep_largest` (the best of 1, 2, 3: two
     lungs, two kidneys), `fill_holes`; each is
-    kept only if it raises the mean Dice of `image_metrics` (both empty → 1.0).
+    kept only if it raises `mean_dice` (images empty in truth and prediction left out). When no
+    truth has any foreground, no candidate has a defined Dice: the defaults are kept, with a
+    warning, and both Dice values are NaN.
 
     Args:
         probs: probabilities `(K, H, W)` per image (K = 1 sigmoid, or K = n_classes softmax).
@@ -211,6 +215,10 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
     """
     _check_split(probs, truths, n_classes)
     cfg = PostprocessConfig()
+    if not any(np.any(t) for t in truths):   # every candidate's Dice is 0 or undefined
+        logger.warning("post-processing not tuned: no foreground in any of the %d truths, so no "
+                       "setting has a defined Dice; keeping %s", len(truths), cfg.describe())
+        return TuneResult(cfg, float("nan"), float("nan"), [])
     baseline = _mean_dice(probs, truths, n_classes, cfg)
     steps: list[TuneStep] = []
     current = baseline
@@ -234,7 +242,7 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
         steps.append(TuneStep(_describe(best), current, dice, kept))
         if kept:
             cfg, current = replace(cfg, **best), dice
-    logger.info("post-processing: %s (Dice %.4f → %.4f)", cfg.describe(), baseline, current)
+    logger.debug("post-processing: %s (Dice %.4f → %.4f)", cfg.describe(), baseline, current)
     return TuneResult(cfg, baseline, current, steps)
 
 
@@ -261,31 +269,36 @@ def _mean_dice(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int
 
 def _mean_dice_masks(masks: list[np.ndarray], truths: list[np.ndarray], n_classes: int,
                      cfg: PostprocessConfig) -> float:
-    """Mean per-image Dice of already thresholded masks after `clean` with `cfg`."""
-    return float(np.mean([image_metrics(t, clean(m, cfg), n_classes)["dice"]
-                          for m, t in zip(masks, truths)]))
+    """`mean_dice` of already thresholded masks after `clean` with `cfg` (both empty: left out)."""
+    return mean_dice(truths, [clean(m, cfg) for m in masks], n_classes)
 
 
 def _best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, float]:
     """The grid threshold of best mean Dice (ties: the one nearest 0.5), and that Dice.
 
     One pass per image: each pixel's grid bin counts, for every threshold at once, how many
-    foreground and background pixels lie above it.
+    foreground and background pixels lie above it. At each threshold the mean is over the images
+    whose Dice is defined there (as `mean_dice`); (0.5, NaN) when it is defined at none.
     """
     grid = np.asarray(THRESHOLD_GRID)
-    dice = np.zeros(len(grid))
+    per_image = []
     for p, t in zip(probs, truths):
         fg = np.asarray(t).ravel() > 0
+        # `to_classes` compares in the probabilities' precision (a Python float adapts to a float32
+        # array), so the grid does too: float32 0.15 is not above the threshold 0.15 there
+        cuts = grid.astype(p.dtype) if np.issubdtype(p.dtype, np.floating) else grid
         # number of grid values strictly below p: p > grid[j] exactly for j < that number
-        above = np.searchsorted(grid, p[0].ravel(), side="left")
+        above = np.searchsorted(cuts, p[0].ravel(), side="left")
         fg_hist = np.bincount(above[fg], minlength=len(grid) + 1)
         bg_hist = np.bincount(above[~fg], minlength=len(grid) + 1)
         tp = fg_hist[::-1].cumsum()[::-1][1:]   # tp[j] = foreground pixels with p > grid[j]
         fp = bg_hist[::-1].cumsum()[::-1][1:]
         n_fg, n_bg = int(fg.sum()), int((~fg).sum())
-        dice += [Counts(int(a), int(b), n_fg - int(a), n_bg - int(b)).dice() for a, b in zip(tp, fp)]
-    dice /= len(probs)
-    near_best = [j for j in range(len(grid)) if dice[j] >= dice.max() - MIN_GAIN]
+        per_image.append([Counts(int(a), int(b), n_fg - int(a), n_bg - int(b)).dice() for a, b in zip(tp, fp)])
+    dice = np.array([defined_mean(column) for column in zip(*per_image)])
+    if np.isnan(dice).all():
+        return 0.5, float("nan")
+    near_best = [j for j in range(len(grid)) if dice[j] >= np.nanmax(dice) - MIN_GAIN]
     best = min(near_best, key=lambda j: abs(grid[j] - 0.5))
     return float(grid[best]), float(dice[best])
 

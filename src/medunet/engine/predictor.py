@@ -14,7 +14,9 @@ from medunet.config import DataConfig, PredictConfig
 from medunet.data.encoding import LabelEncoding
 from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
-from medunet.engine.device import autocast, memory_format, resolve_device
+from medunet.engine import precision as precisions
+from medunet.engine.device import resolve_device
+from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry
@@ -22,6 +24,9 @@ from medunet.transforms.intensity import normalise
 
 # Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
 TTA_FLIPS = {"none": [()], "flips": [(), (-1,), (-2,), (-2, -1)]}
+# Pixels through the network in one call, whatever the batch: 32 images of 256² (the CUDA training
+# batch). Whole 1024² images at batch 32 would need ~25 GB of activations in the 31 M network.
+MAX_BATCH_PIXELS = 32 * 256 * 256
 
 
 @dataclass
@@ -40,8 +45,9 @@ class Predictor:
 
     def __init__(self, model: UNet, data_cfg: DataConfig, encoding: LabelEncoding, device: torch.device,
                  cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
-                 area_stats: dict | None = None) -> None:
+                 area_stats: dict | None = None, precision: Precision | None = None) -> None:
         self.model = model
+        self.precision = precision or Precision()
         self.data_cfg = data_cfg
         self.encoding = encoding
         self.device = device
@@ -57,9 +63,12 @@ class Predictor:
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
         cfg = cfg or PredictConfig()
         dev = resolve_device(cfg.device)
-        model = ckpt.build_model().to(dev, memory_format=memory_format(dev))
+        model = ckpt.build_model()
+        precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.size,
+                                         train=False)
+        model = model.to(dev, memory_format=precision.memory_format)
         return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
-                   ckpt.area_stats)
+                   ckpt.area_stats, precision)
 
     @property
     def sigmoid(self) -> bool:
@@ -79,7 +88,7 @@ class Predictor:
         try:
             with torch.inference_mode():
                 for shape, indices in by_shape.items():
-                    step = 1 if max(shape[-2:]) > self.cfg.max_size else self.cfg.batch
+                    step = 1 if max(shape[-2:]) > self.cfg.max_size else self._batch_for(shape[-2:])
                     for start in range(0, len(indices), step):
                         chunk = indices[start:start + step]
                         results = self._run(np.stack([inputs[i] for i in chunk]))
@@ -89,9 +98,14 @@ class Predictor:
             self.model.train(was_training)
         return out
 
+    def _batch_for(self, hw: tuple[int, ...]) -> int:
+        """The batch for images or tiles of `hw`: `cfg.batch`, fewer when they would exceed
+        MAX_BATCH_PIXELS together, and at least one."""
+        return max(1, min(self.cfg.batch, MAX_BATCH_PIXELS // int(np.prod(hw))))
+
     def _run(self, batch: np.ndarray) -> list[Output]:
         """`(B, C, H, W)` → B outputs, averaging over the TTA flips."""
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=memory_format(self.device))
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.precision.memory_format)
         members = []
         for dims in TTA_FLIPS[self.cfg.tta]:
             xf = torch.flip(x, dims) if dims else x
@@ -106,12 +120,13 @@ class Predictor:
         if max(x.shape[-2:]) > self.cfg.max_size:
             m = self.model.cfg.multiple
             tile = max(m, self.cfg.max_size // m * m)
-            return sliding_window_inference(x, (tile, tile), sw_batch_size=self.cfg.batch, predictor=self._forward,
+            return sliding_window_inference(x, (tile, tile), sw_batch_size=self._batch_for((tile, tile)),
+                                            predictor=self._forward,
                                             overlap=self.cfg.overlap, mode="gaussian")
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device):
+        with self.precision.autocast(self.device):
             logits = self.model(x)
         logits = logits.float()
         return torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)

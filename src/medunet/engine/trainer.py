@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import time
@@ -19,11 +20,12 @@ from medunet.data.cache import Cache
 from medunet.data.encoding import LabelEncoding
 from medunet.data.sampler import CropSampler
 from medunet.engine.checkpoint import Checkpoint, save_checkpoint
-from medunet.engine.device import autocast, memory_format
+from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
 from medunet.errors import MedunetError
+from medunet.io.outputs import write_text
 from medunet.losses import build_loss
-from medunet.metrics import image_metrics
+from medunet.metrics import mean_dice
 from medunet.models.unet import UNet
 from medunet.report.curves import plot_history
 from medunet.transforms.augment import augment_batch
@@ -51,6 +53,7 @@ class Job:
     batch: int
     progress: bool = True
     area_stats: dict = field(default_factory=dict)
+    precision: Precision = field(default_factory=Precision)
 
 
 @dataclass
@@ -90,17 +93,18 @@ def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resu
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
-    model.to(job.device, memory_format=memory_format(job.device))
+    model.to(job.device, memory_format=job.precision.memory_format)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = State()
-    if resume is not None:
-        _restore(resume, optimiser, rng, generator, state)
     sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share, job.data_cfg.crop,
                           job.data_cfg.crop_margin)
-    loop = Loop(model, optimiser, sampler,
-                build_loss(model.cfg.out_channels), generator, rng,
-                math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch))
-    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch))
+    loop = Loop(model, optimiser, sampler, build_loss(model.cfg.out_channels), generator, rng,
+                math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch),
+                job.precision.scaler(job.device))
+    state = State()
+    if resume is not None:
+        _restore(resume, loop, state, cfg.seed)
+    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch),
+                          precision=job.precision)
     try:
         while _should_continue(state, cfg):
             start = time.perf_counter()
@@ -126,6 +130,7 @@ class Loop:
     generator: torch.Generator
     rng: np.random.Generator
     steps: int
+    scaler: torch.amp.GradScaler     # loss scaling for fp16; a pass-through otherwise
     bad_steps: int = 0  # consecutive non-finite steps, across epoch boundaries (short epochs on CUDA)
 
 
@@ -141,21 +146,45 @@ def _snapshot(loop: Loop, state: State, cfg: TrainConfig) -> dict:
     """Everything resume needs beyond the weights: optimiser, RNG streams, progress, history."""
     snap = dict(epoch=state.epoch, elapsed=state.elapsed, best_dice=state.best_dice, history=state.history,
                 optimiser=loop.optimiser.state_dict(), numpy_rng=loop.rng.bit_generator.state,
-                torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state())
+                torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state(),
+                augment_rng_device=loop.generator.device.type, scaler=loop.scaler.state_dict())
     if torch.cuda.is_available():
         snap["cuda_rng"] = torch.cuda.get_rng_state_all()
     return snap
 
 
-def _restore(snap: dict, optimiser, rng: np.random.Generator, generator: torch.Generator, state: State) -> None:
-    optimiser.load_state_dict(snap["optimiser"])
-    rng.bit_generator.state = snap["numpy_rng"]
+def _restore(snap: dict, loop: Loop, state: State, seed: int) -> None:
+    """Continue from a `_snapshot`, also on another device than the one that wrote it.
+
+    The optimiser's moments follow the parameters to their device. A generator's state only fits a
+    generator of the same device type (a CUDA state is 16 bytes, a CPU state 5,056), so after a move
+    between CPU and CUDA the augmentation stream restarts from the seed and the epoch: the run goes
+    on, but is no longer bit-identical to an uninterrupted one.
+    """
+    loop.optimiser.load_state_dict(snap["optimiser"])
+    loop.rng.bit_generator.state = snap["numpy_rng"]
     torch.set_rng_state(snap["torch_rng"])
-    generator.set_state(snap["augment_rng"])
+    _restore_generator(loop.generator, snap, seed)
+    if snap.get("scaler"):
+        loop.scaler.load_state_dict(snap["scaler"])
     if "cuda_rng" in snap and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(snap["cuda_rng"])
     state.epoch, state.elapsed, state.best_dice = snap["epoch"], snap["elapsed"], snap["best_dice"]
     state.history = list(snap["history"])
+
+
+def _restore_generator(generator: torch.Generator, snap: dict, seed: int) -> None:
+    saved_on = snap.get("augment_rng_device", generator.device.type)
+    if saved_on == generator.device.type:
+        try:
+            generator.set_state(snap["augment_rng"])
+            return
+        except RuntimeError:  # a state from another device type, written before the device was recorded
+            saved_on = "another device"
+    generator.manual_seed(seed * 1_000_003 + int(snap["epoch"]))
+    logger.warning("the run moved from %s to %s: the augmentation random stream restarts from the seed "
+                   "(training continues, not bit-identical to an uninterrupted run)", saved_on,
+                   generator.device.type)
 
 
 def _should_continue(state: State, cfg: TrainConfig) -> bool:
@@ -197,7 +226,7 @@ def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
         x = torch.from_numpy(images).to(job.device, non_blocking=True)
         y = torch.from_numpy(labels).to(job.device, non_blocking=True)
         x, y = augment_batch(x, y, job.augment, loop.generator)
-        loss = _step(loop, x.contiguous(memory_format=memory_format(job.device)), y, job)
+        loss = _step(loop, x.contiguous(memory_format=job.precision.memory_format), y, job)
         if loss is None:
             loop.bad_steps += 1
             logger.warning("epoch %d step %d: non-finite loss or gradient, step skipped", state.epoch + 1, step + 1)
@@ -215,27 +244,40 @@ def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
 
 def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | None:
     """One optimiser step; None (and no update) when the loss or a gradient is not finite, so NaN
-    never reaches the weights or a checkpoint."""
+    never reaches the weights or a checkpoint.
+
+    With fp16 loss scaling, an overflowing gradient is the scaler's normal signal to lower its scale:
+    it skips that step itself, and the step does not count as bad.
+    """
     loop.optimiser.zero_grad(set_to_none=True)
-    with autocast(job.device):
+    with job.precision.autocast(job.device):
         logits = loop.model(x)
     loss = loop.loss_fn(logits, y)
     if not torch.isfinite(loss):
         return None
-    loss.backward()
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in loop.model.parameters() if p.grad is not None])
-    if not torch.isfinite(grad_norm):
+    loop.scaler.scale(loss).backward()
+    loop.scaler.unscale_(loop.optimiser)
+    if not torch.isfinite(total_norm(loop.model.parameters())) and not loop.scaler.is_enabled():
         return None
-    loop.optimiser.step()
+    loop.scaler.step(loop.optimiser)
+    loop.scaler.update()
     return float(loss.detach())
 
 
+def total_norm(parameters) -> torch.Tensor:
+    """The 2-norm of all gradients together (what clip_grad_norm_ computes, without clipping)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
 def validate(predictor: Predictor, val: Cache) -> float:
-    """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`."""
+    """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`.
+
+    Images empty in both truth and prediction are left out, as `evaluate` does; NaN when every
+    validation image is such a case.
+    """
     outputs = predictor.outputs_normalised(val.images)
-    n_classes = predictor.encoding.n_classes
-    return float(np.mean([image_metrics(t, predictor.to_mask(o.probs), n_classes)["dice"]
-                          for t, o in zip(val.labels, outputs)]))
+    return mean_dice(val.labels, [predictor.to_mask(o.probs) for o in outputs], predictor.encoding.n_classes)
 
 
 def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, val_dice: float,
@@ -245,8 +287,11 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
     lr = loop.optimiser.param_groups[0]["lr"]
     state.history.append(dict(epoch=state.epoch, train_loss=round(loss, 5), val_dice=round(val_dice, 5),
                               lr=f"{lr:.3g}", seconds=round(seconds, 2), images_per_s=round(rate, 2)))
-    improved = val_dice > state.best_dice
-    state.best_dice = max(state.best_dice, val_dice)
+    # Until validation has something to score (NaN: every image empty in truth and prediction),
+    # best.pt follows the latest epoch, so there always is one.
+    improved = state.best_dice < 0 or val_dice > state.best_dice
+    if not math.isnan(val_dice):
+        state.best_dice = max(state.best_dice, val_dice)
     weights = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
     ckpt_dir = job.run_dir / "checkpoints"
     if improved:
@@ -271,9 +316,8 @@ def _eta(state: State, cfg: TrainConfig) -> str:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, text.getvalue())

@@ -11,11 +11,7 @@ Arrays at this boundary:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +20,7 @@ import tifffile
 from PIL import Image
 
 from medunet.errors import DataError
+from medunet.io.outputs import atomic_target
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +45,15 @@ class LabelFile:
         values: (H, W) integer array of the raw stored values (palette indices for palette files).
         lossy: the file is JPEG, so values near 0 and 255 are noise around the drawn ones.
         palette: the values are palette indices (palette PNG, GIF or TIFF).
+        colours: for palette files, the palette as 768 values R0, G0, B0, R1, ... (8-bit, padded
+            with zeros to 256 entries); None otherwise, or for TIFF palettes of more than 256 entries.
     """
 
     path: Path
     values: np.ndarray
     lossy: bool
     palette: bool
+    colours: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class _Raw:
     array: np.ndarray
     lossy: bool = False
     palette: bool = False
+    colours: tuple[int, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -118,7 +119,8 @@ def read_label(path: Path) -> LabelFile:
         if lo < -2**31 or hi >= 2**31:  # checked before the cast, which would wrap silently
             raise DataError(f"{path}: label values between {lo:g} and {hi:g} do not fit 32-bit integers")
         array = _smallest_int(array.astype(np.int64), path)
-    return LabelFile(path=path, values=np.ascontiguousarray(array), lossy=raw.lossy, palette=raw.palette)
+    return LabelFile(path=path, values=np.ascontiguousarray(array), lossy=raw.lossy, palette=raw.palette,
+                     colours=raw.colours if raw.palette else None)
 
 
 def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
@@ -178,7 +180,8 @@ def _read_tiff(path: Path, palette_indices: bool) -> _Raw:
         palette = page.photometric == tifffile.PHOTOMETRIC.PALETTE and array.ndim == 2
         if palette and not palette_indices:
             array = _apply_colormap(array, page.colormap)
-    return _Raw(array, lossy=lossy, palette=palette and palette_indices)
+        colours = _tiff_colours(page.colormap) if palette and palette_indices else None
+    return _Raw(array, lossy=lossy, palette=palette and palette_indices, colours=colours)
 
 
 def _yx_order(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -214,6 +217,22 @@ def _apply_colormap(index: np.ndarray, colormap: np.ndarray | None) -> np.ndarra
     return _grey_if_equal(rgb)
 
 
+def _tiff_colours(colormap: np.ndarray | None) -> tuple[int, ...] | None:
+    """A (3, N) TIFF colormap → 768 8-bit values R0, G0, B0, ...; None beyond 256 entries."""
+    if colormap is None or colormap.shape[-1] > 256:
+        return None
+    rgb = np.asarray(colormap)
+    if rgb.dtype == np.uint16 and rgb.max() > 255:
+        rgb = rgb // 257
+    return _padded_palette(rgb.T.ravel().tolist())
+
+
+def _padded_palette(values: list[int]) -> tuple[int, ...]:
+    """RGB palette values → exactly 768 (256 entries), padded with black."""
+    values = [int(v) for v in values[:768]]
+    return tuple(values + [0] * (768 - len(values)))
+
+
 def _grey_if_equal(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) from a palette → (H, W) when the palette used is grey (a grey GIF is a grey image)."""
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
@@ -232,7 +251,8 @@ def _read_pil(path: Path, palette_indices: bool) -> _Raw:
             return _Raw(np.asarray(im, dtype=bool).astype(np.uint8) * 255, lossy)
         if mode in ("P", "PA"):
             if palette_indices:
-                return _Raw(np.asarray(im.getchannel(0)), lossy, palette=True)
+                colours = _padded_palette(im.getpalette("RGB") or [])
+                return _Raw(np.asarray(im.getchannel(0)), lossy, palette=True, colours=colours)
             return _Raw(_grey_if_equal(np.asarray(im.convert("RGB"))), lossy)
         if mode in ("L", "LA", "La"):
             return _Raw(np.asarray(im.getchannel(0)), lossy)
@@ -308,24 +328,6 @@ def _check_values(array: np.ndarray, path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- writing
 
-@contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` in one step.
-
-    The temporary name is hidden (".name.XXXX.tmp.png") and keeps the real suffix, so writers that
-    pick the format from the suffix still work. On error the temporary file is removed and `path`
-    is left as it was.
-    """
-    path = Path(path)
-    # Not mkstemp: its 0600 mode would stay on the final file; the writer creates it with the umask.
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def mask_suffix(source: Path) -> str:
     """The suffix for a predicted mask of `source`: its own, but PNG for JPEG (masks must be lossless).
 
@@ -337,7 +339,8 @@ def mask_suffix(source: Path) -> str:
     return suffix
 
 
-def write_mask(path: Path, mask: np.ndarray, *, like: Path | None = None) -> None:
+def write_mask(path: Path, mask: np.ndarray, *, like: Path | None = None,
+               palette: tuple[int, ...] | None = None) -> None:
     """Write an (H, W) uint8/uint16 mask atomically, in the format of `path`'s suffix.
 
     Args:
@@ -345,9 +348,12 @@ def write_mask(path: Path, mask: np.ndarray, *, like: Path | None = None) -> Non
         mask: (H, W) uint8 or uint16 values as they should be stored (0/255, class ids...).
         like: the source image; when it is a TIFF its resolution tags are copied, so the mask
             keeps the image's pixel spacing.
+        palette: 768 RGB values (`LabelEncoding.palette`): the mask is written as a palette image
+            (mode "P", or a TIFF colormap) whose indices are the mask's values, unchanged.
 
     Raises:
-        ValueError: JPEG suffix, unknown suffix, wrong shape or dtype, or uint16 to BMP/GIF.
+        ValueError: JPEG suffix, unknown suffix, wrong shape or dtype, uint16 to BMP/GIF, uint16
+            with a palette, or a palette that is not 768 values in 0..255.
     """
     path = Path(path)
     mask = np.asarray(mask)
@@ -356,8 +362,18 @@ def write_mask(path: Path, mask: np.ndarray, *, like: Path | None = None) -> Non
         raise ValueError(f"{path}: masks cannot be JPEG (lossy); use .png")
     if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: a mask must be (H, W) uint8 or uint16, got {mask.shape} {mask.dtype}")
+    if palette is not None:
+        _check_palette(palette, mask, path)
     resolution = _tiff_resolution(Path(like)) if like is not None and suffix in TIFF_SUFFIXES else {}
-    _write(path, mask, resolution)
+    _write(path, mask, resolution, palette)
+
+
+def _check_palette(palette: tuple[int, ...], mask: np.ndarray, path: Path) -> None:
+    """A palette holds 256 RGB entries of 0..255, and only 8-bit masks index it."""
+    if len(palette) != 768 or min(palette) < 0 or max(palette) > 255:
+        raise ValueError(f"{path}: a palette is 768 values in 0..255, got {len(palette)} values")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"{path}: a palette mask must be uint8 indices, got {mask.dtype}")
 
 
 def write_image(path: Path, array: np.ndarray) -> None:
@@ -380,13 +396,15 @@ def write_image(path: Path, array: np.ndarray) -> None:
     _write(path, array, {})
 
 
-def _write(path: Path, array: np.ndarray, resolution: dict) -> None:
-    """Check that the suffix's format holds `array`, then write it through a temporary file."""
+def _write(path: Path, array: np.ndarray, resolution: dict,
+           palette: tuple[int, ...] | None = None) -> None:
+    """Check that the suffix's format holds `array`, then write it through a temporary file.
+
+    With a palette, `array` is (H, W) uint8 indices, written as a palette image.
+    """
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        with atomic_target(path) as tmp:
-            photometric = "rgb" if array.ndim == 3 else "minisblack"
-            tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib", **resolution)
+        _write_tiff(path, array, resolution, palette)
         return
     fmt = _PIL_FORMATS.get(suffix)
     if fmt is None:
@@ -400,8 +418,22 @@ def _write(path: Path, array: np.ndarray, resolution: dict) -> None:
                # Pillow's palette optimisation renumbers a grey GIF (0/255 → indices 0/1); the full
                # identity palette makes it read back as the grey values written.
                "GIF": {"optimize": False}}.get(fmt, {})
+    im = Image.fromarray(np.ascontiguousarray(array))
+    if palette is not None:
+        im.putpalette(list(palette))  # an "L" image becomes "P", its values the indices
     with atomic_target(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=fmt, **options)
+        im.save(tmp, format=fmt, **options)
+
+
+def _write_tiff(path: Path, array: np.ndarray, resolution: dict, palette: tuple[int, ...] | None) -> None:
+    """zlib TIFF: RGB, grey, or (H, W) uint8 indices with a colormap when a palette is given."""
+    options = {"photometric": "rgb" if array.ndim == 3 else "minisblack"}
+    if palette is not None:
+        # TIFF colormaps are 16-bit: ×257 maps 255 to 65535 exactly, and readers divide back.
+        colormap = np.asarray(palette, np.uint16).reshape(256, 3).T * np.uint16(257)
+        options = {"photometric": "palette", "colormap": colormap}
+    with atomic_target(path) as tmp:
+        tifffile.imwrite(tmp, array, compression="zlib", **options, **resolution)
 
 
 def _tiff_resolution(like: Path) -> dict:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any
 
 from medunet.errors import ConfigError
 
@@ -53,8 +56,61 @@ def staged_folder(final: Path, overwrite: bool, what: str = "output folder") -> 
             shutil.rmtree(stage, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds its file is flushed to disk and
+    renamed over `path` in one step, so `path` is always either the old file or the whole new one.
+
+    The temporary name is hidden and unique (".name.1a2b3c4d.tmp.png", two writers never share
+    one) and keeps the real suffix, so writers that pick the format from the suffix still work.
+    On an error it is removed; a crash leaves it for `remove_stale_temporaries`. Not mkstemp: its
+    0600 mode would stay on the final file; the writer creates it with the user's umask.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write a file through `write(binary_file)`, atomically (see `atomic_target`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_target(path) as tmp, open(tmp, "xb") as f:
+        write(f)
+
+
+def write_text(path: Path, text: str) -> None:
+    """UTF-8 text, written atomically."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json(path: Path, data: Any) -> None:
-    """JSON, written to a temporary name and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    """JSON, written atomically; NaN becomes null (JSON has no NaN: `json.dumps` would write an
+    invalid `NaN` that strict readers refuse)."""
+    write_text(path, json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n")
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete `.NAME.*.tmp` files a killed writer left in `folder` (SIGKILL skips atomic_write's cleanup)."""
+    stale = sorted(Path(folder).glob(".*.tmp*"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

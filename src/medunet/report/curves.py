@@ -7,6 +7,8 @@ from pathlib import Path
 # a user's notebook or GUI session.
 from matplotlib.figure import Figure
 
+from medunet.io.outputs import atomic_write
+
 
 def plot_history(history: list[dict], path: Path) -> None:
     """Write `curves.png`: training loss (left) and validation Dice (right) against epoch."""
@@ -21,6 +23,4 @@ def plot_history(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

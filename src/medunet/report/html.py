@@ -163,8 +163,10 @@ def _summary_html(evaluation: Evaluation) -> str:
                       for k, c in s.get("per_class", {}).items())
     notes = []
     if s.get("empty_rule"):
+        # n_both_empty: summary.json written before empty images were left out of the means
+        count = s.get("n_empty_both", s.get("n_both_empty", 0))
         notes.append(f"Empty cases: {escape(str(s['empty_rule']))}"
-                     f" ({escape(str(s.get('n_both_empty', 0)))} such image(s) here).")
+                     f" ({escape(str(count))} such image(s) here).")
     if s.get("threshold") is not None:
         notes.append(f"Probability threshold {escape(str(s['threshold']))}.")
     where = "".join(f"<dt>{label}</dt><dd><code>{escape(str(s[key]))}</code></dd>"
@@ -172,10 +174,22 @@ def _summary_html(evaluation: Evaluation) -> str:
     where += f"<dt>evaluation folder</dt><dd><code>{escape(str(evaluation.folder))}</code></dd>"
     return (f'<section id="summary"><h2>Summary</h2>\n'
             f'<p class="headline">Dice <strong>{_number(s.get("dice_mean"))}</strong>'
-            f' <span class="muted">mean over {escape(str(s.get("n_images", len(evaluation.rows))))} images</span></p>\n'
+            f' <span class="muted">{_averaged_over(s, len(evaluation.rows))}</span></p>\n'
             f'<dl class="metrics">{items}{classes}</dl>\n'
             + "".join(f'<p class="muted">{n}</p>' for n in notes)
             + f'\n<dl class="where">{where}</dl></section>')
+
+
+def _averaged_over(s: dict, n_rows: int) -> str:
+    """"mean over 10 images", or with images empty in truth and prediction left out, how many."""
+    n_images = s.get("n_images", n_rows)
+    excluded = s.get("n_empty_both", 0)
+    if not isinstance(n_images, int) or not isinstance(excluded, int) or not excluded:
+        return f"mean over {escape(str(n_images))} images"
+    if excluded >= n_images:
+        return f"undefined: all {n_images} images are empty in truth and prediction"
+    return (f"mean over {n_images - excluded} of {n_images} images ({excluded} empty in truth and "
+            f"prediction, left out)")
 
 
 def _gallery_html(gallery: list[GalleryItem]) -> str:
@@ -266,13 +280,16 @@ def _float(text: object) -> float:
 
 
 def _number(v: object) -> str:
-    """Floats to 4 decimals; anything else (integers, text from files) as it is, escaped."""
+    """Floats to 4 decimals; undefined (None, NaN: an image or class empty in truth and prediction)
+    as "—"; anything else (integers, text from files) as it is, escaped."""
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
             pass
-    return f"{v:.4f}" if isinstance(v, float) else escape("—" if v is None else str(v))
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    return f"{v:.4f}" if isinstance(v, float) else escape(str(v))
 
 
 CSS = """

@@ -96,18 +96,25 @@ def _split_encoding(name: str, labels: list[LabelFile], scan: _Scan) -> LabelEnc
 
 
 def _describe(enc: LabelEncoding, labels: Sequence[LabelFile]) -> str:
-    """The encoding of a set of masks in words, e.g. "JPEG-compressed binary masks (37 values ...)"."""
+    """The encoding of a set of masks in words, and why it was chosen.
+
+    E.g. "near-binary masks (resized or smoothed; 5 distinct values around 0 and 255), read as
+    0/255 thresholded at 127.5: intermediate values 64, 128, 191 lie on edges ..." or
+    "3 classes: 0, 128, 255: value 128 forms regions of its own (...)". The reason is left out
+    where the words already give it (JPEG, palette indices).
+    """
     values = sorted({int(v) for lab in labels for v in value_counts(lab.values)[0]})
     n_lossy = sum(lab.lossy for lab in labels)
-    if enc.mode == "binary":
-        return f"binary masks {enc.values[0]}/{enc.values[1]}"
-    if enc.mode == "near_binary":
-        why = (f"{n_lossy} JPEG-compressed" if n_lossy else "resized or smoothed")
-        return (f"near-binary masks ({why}; {len(values)} distinct values around {values[0]} and "
-                f"{values[-1]}), read as 0/{enc.values[1]} thresholded at {enc.threshold:g}")
     palette = all(lab.palette for lab in labels)
+    why = f": {enc.reason}" if enc.reason and not (n_lossy or palette) else ""
+    if enc.mode == "binary":
+        return f"binary masks {enc.values[0]}/{enc.values[1]}{why}"
+    if enc.mode == "near_binary":
+        how = (f"{n_lossy} JPEG-compressed" if n_lossy else "resized or smoothed")
+        return (f"near-binary masks ({how}; {len(values)} distinct values around {values[0]} and "
+                f"{values[-1]}), read as 0/{enc.values[1]} thresholded at {enc.threshold:g}{why}")
     ids = ", ".join(map(str, enc.values[:12])) + (", ..." if len(enc.values) > 12 else "")
-    return f"{enc.n_classes} classes{' (palette indices)' if palette else ''}: {ids}"
+    return f"{enc.n_classes} classes{' (palette indices)' if palette else ''}: {ids}{why}"
 
 
 def _check_mixed_binary(scan: _Scan) -> None:
@@ -159,7 +166,7 @@ def _check_unrepresentable(scan: _Scan) -> None:
                 if values[-1] > values[0] >= 0 and values[-1] <= enc.threshold:
                     scan.report.add("error", item.split, _rel(item.label, scan.root),
                                     f"values {', '.join(map(str, values[:8]))} all fall below the "
-                                    f"masks' threshold {enc.threshold:g} ({enc.describe()}): it reads "
+                                    f"masks' threshold {enc.threshold:g} ({enc.describe(why=False)}): it reads "
                                     "as empty. 0/1 masks mixed with 0/255 ones? (medunet doctor --fix "
                                     "makes them all 0/255)", "unrepresentable")
                 continue
@@ -167,7 +174,7 @@ def _check_unrepresentable(scan: _Scan) -> None:
             if extra:
                 scan.report.add("error", item.split, _rel(item.label, scan.root),
                                 f"values {', '.join(map(str, extra[:8]))} are not in the training masks' "
-                                f"encoding ({enc.describe()})", "unrepresentable")
+                                f"encoding ({enc.describe(why=False)})", "unrepresentable")
 
 
 def _check_masks(scan: _Scan) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from medunet.data.doctor.findings import Report, SplitSummary, _Item, _Scan, _listing, _rel
 from medunet.data.doctor.images import _check_duplicates, _check_images, _check_outliers
 from medunet.data.doctor.masks import _check_encoding, _check_masks
-from medunet.data.pairs import SPLITS, group_by_stem, natural_key
+from medunet.data.pairs import SPLITS, group_by_stem, looks_grouped, natural_key
 from medunet.errors import DataError
 from medunet.io.images import IMAGE_SUFFIXES, read_image, read_label
 
@@ -69,9 +69,24 @@ def _scan(root: Path, *, quick: bool, splits: tuple[str, ...] | None = None, kee
             _check_masks(scan)
             _check_duplicates(scan)
             _check_outliers(scan)
+            _check_grouping(scan)
     for name, items in scan.items.items():
         report.splits[name].n_readable = sum(i.usable for i in items)
     return scan
+
+
+def _check_grouping(scan: _Scan) -> None:
+    """Stems like slices of a few patients, and no validation/ folder: training's per-file split
+    would put one patient on both sides unless --group-by names the groups."""
+    if "train" not in scan.items or "validation" in scan.items:
+        return
+    prefixes = looks_grouped([item.stem for item in scan.items["train"]])
+    if prefixes:
+        scan.report.add("warning", "train", None,
+                        f"file names look like slices or frames of {len(prefixes)} sources ({_listing(prefixes)}); "
+                        "the validation split is drawn per file, so one source can sit on both sides: "
+                        "train with --group-by REGEX (e.g. '^[^_]+') to keep each source whole, "
+                        "or add a validation/ folder", "grouping")
 
 
 def _layout(root: Path, report: Report) -> dict[str, Path]:
