@@ -43,6 +43,13 @@ def isbi_membranes(root: Path) -> Path:
     return root
 
 
+def parse_time(text: str) -> float:
+    """"10m", "90s", "1h" or seconds → seconds (the CLI's own parser)."""
+    from medunet.cli import parse_duration
+
+    return parse_duration(text)
+
+
 def medunet(*args: str) -> float:
     """Run the medunet CLI; returns wall seconds."""
     exe = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "medunet"

@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "python3"
 CELL_TIMEOUT = 120  # seconds; a hung cell fails the test instead of blocking CI
 
-TINY_TRAIN = dict(COUNTS={"train": 6, "validation": 2, "test": 3}, SIZE=64, PATCH=64, TRAIN_SECONDS=None,
+TINY_TRAIN = dict(COUNTS={"train": 6, "validation": 2, "test": 3}, SIZE=64, PATCH=64, PRESET="tiny", TRAIN_SECONDS=None,
                   EPOCHS=1, SAMPLES_PER_EPOCH=8, BATCH=4, DEVICE="cpu")
 TINY_PREDICT = dict(CROP=32, SHOW=2, DEVICE="cpu")
 

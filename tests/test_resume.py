@@ -224,3 +224,14 @@ def test_resume_after_a_move_from_cuda_to_cpu(disc_data: Path, tmp_path: Path, r
     assert main(["train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2", "--device", "cpu"]) == 0
     assert _epochs(run) == [1, 2]
     assert "augmentation random stream restarts" in caplog.text
+
+
+def test_default_stop_rule_does_not_depend_on_speed() -> None:
+    """Without --epochs or --time, a slow machine trains the same number of epochs, only later."""
+    from medunet.api.demo import demo_config
+    from medunet.config import TrainConfig
+
+    for elapsed in (10.0, 1e6):
+        assert trainer._epochs_left(trainer.State(epoch=5, elapsed=elapsed), TrainConfig()) == trainer.DEFAULT_EPOCHS - 5
+    demo = demo_config(seed=2)
+    assert demo.time_budget is None and demo.epochs is not None and demo.seed == 2

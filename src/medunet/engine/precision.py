@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medunet.config.core import PRECISIONS
+from medunet.engine.device import keep_freed_memory
 from medunet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def choose(requested: str, device: torch.device, model: nn.Module, in_channels: 
     options = candidates(requested, device)
     if len(options) == 1:
         return options[0], {}
+    if device.type == "cpu":
+        keep_freed_memory()   # as training and inference will run
     side = min(size, PROBE_SIZE)
     key = (requested, str(device), repr(getattr(model, "cfg", type(model))), in_channels, side, train)
     if key in _MEASURED:  # one probe per model shape and process: Predictors are made often

@@ -15,7 +15,7 @@ from medunet.data.encoding import LabelEncoding
 from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
 from medunet.engine import precision as precisions
-from medunet.engine.device import resolve_device
+from medunet.engine.device import keep_freed_memory, resolve_device
 from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
 from medunet.models.unet import UNet
@@ -63,6 +63,8 @@ class Predictor:
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
         cfg = cfg or PredictConfig()
         dev = resolve_device(cfg.device)
+        if dev.type == "cpu":
+            keep_freed_memory()
         model = ckpt.build_model()
         precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.size,
                                          train=False)

@@ -20,6 +20,7 @@ from medunet.data.cache import Cache
 from medunet.data.encoding import LabelEncoding
 from medunet.data.sampler import CropSampler
 from medunet.engine.checkpoint import Checkpoint, save_checkpoint
+from medunet.engine.device import keep_freed_memory
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
 from medunet.errors import MedunetError
@@ -93,6 +94,8 @@ def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resu
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
+    if job.device.type == "cpu":
+        keep_freed_memory()
     model.to(job.device, memory_format=job.precision.memory_format)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share, job.data_cfg.crop,

@@ -1,0 +1,101 @@
+"""The ANCHORS.md CPU anchor, run on this machine: MONAI BasicUNet trained for a fixed time.
+
+Usage: .venv/bin/python benchmarks/anchor_basicunet.py isbi|drive [--time 10m] [--seed 0]
+
+The recipe of ../shared/docs/ANCHORS.md ("Quality per CPU budget"): MONAI BasicUNet with its default
+widths, random 256×256 crops with flips and 90° rotations, Adam 1e-3, BCE + Dice, batch 4, fp32,
+per-image z-score of the (mean-channel) image; test Dice on whole images (ISBI: mean over the 6
+test images; DRIVE: pooled over the 20 test images and the whole image, as ANCHORS.md states it).
+A time budget only means something beside the anchor measured on the same machine in the same
+session, so every budget figure in BENCHMARKS.md is a ratio to this script's result.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from common import drive, isbi_membranes, machine, OUT, parse_time
+from monai.losses import DiceCELoss
+from monai.networks.nets import BasicUNet
+from PIL import Image
+
+from medunet.data.pairs import find_pairs
+from medunet.io.images import read_image
+
+
+def load(split_dir) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images as z-scored float32 `(H, W)` (colour averaged) and labels as {0, 1} `(H, W)`."""
+    images, labels = [], []
+    for pair in find_pairs(split_dir):
+        x = read_image(pair.image).astype(np.float32)
+        x = x.mean(axis=-1) if x.ndim == 3 else x
+        images.append((x - x.mean()) / max(float(x.std()), 1e-6))
+        labels.append((np.asarray(Image.open(pair.label)) > 127).astype(np.float32))
+    return images, labels
+
+
+def batch(images, labels, rng: np.random.Generator, size: int = 256, n: int = 4):
+    xs, ys = [], []
+    for i in rng.integers(0, len(images), n):
+        h, w = images[i].shape
+        y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        x, y = images[i][y0:y0 + size, x0:x0 + size], labels[i][y0:y0 + size, x0:x0 + size]
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k), np.rot90(y, k)
+        if rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, ::-1]
+        if rng.random() < 0.5:
+            x, y = x[::-1], y[::-1]
+        xs.append(x.copy())
+        ys.append(y.copy())
+    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives, false negatives of two boolean masks."""
+    return int(np.sum(truth & pred)), int(np.sum(~truth & pred)), int(np.sum(truth & ~pred))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dataset", choices=("isbi", "drive"))
+    parser.add_argument("--time", default="10m")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    data = isbi_membranes(OUT / "isbi-membrane") if args.dataset == "isbi" else drive()
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    images, labels = load(data / "train")
+    model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(sigmoid=True)
+    budget, seen, start = parse_time(args.time), 0, time.perf_counter()
+    model.train()
+    while time.perf_counter() - start < budget:
+        x, y = batch(images, labels, rng)
+        optimiser.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimiser.step()
+        seen += len(x)
+    trained = time.perf_counter() - start
+    test_images, test_labels = load(data / "test")
+    model.eval()
+    per_image, pooled = [], np.zeros(3)
+    with torch.inference_mode():
+        for x, y in zip(test_images, test_labels):
+            h, w = x.shape
+            padded = np.pad(x, ((0, -h % 16), (0, -w % 16)), mode="edge")
+            pred = (model(torch.from_numpy(padded)[None, None])[0, 0, :h, :w] > 0).numpy()
+            tp, fp, fn = confusion(y > 0, pred)
+            per_image.append(2 * tp / max(2 * tp + fp + fn, 1))
+            pooled += (tp, fp, fn)
+    pooled_dice = 2 * pooled[0] / (2 * pooled[0] + pooled[1] + pooled[2])
+    print(f"| anchor MONAI BasicUNet | {args.dataset} | {args.time} | seed {args.seed} | mean Dice "
+          f"{np.mean(per_image):.4f} | pooled {pooled_dice:.4f} | {seen} images in {trained:.0f} s "
+          f"({seen / trained:.2f} img/s) | {machine()} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
