@@ -55,10 +55,17 @@ def test_auto_keeps_the_fastest_measured_and_leaves_the_model_alone(monkeypatch)
     assert choose("auto", CPU, model, 1, 256)[0] == Precision("bf16", True)
 
 
+def test_precision_names_round_trip() -> None:
+    for p in (Precision(), Precision("fp32", True), Precision("bf16", True), Precision("fp16", False)):
+        assert Precision.from_name(p.name) == p
+    with pytest.raises(ConfigError):
+        Precision.from_name("fp64")
+
+
 def test_probe_runs_on_a_copy() -> None:
     model = UNet(ModelConfig(base_width=4, depth=2, norm="batch"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    speed = precision._images_per_second(model, Precision("fp32", True), CPU, 1, 32, train=True)
+    speed = precision._images_per_second(model, Precision("fp32", True), CPU, 1, 32, 2, train=True)
     assert speed > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

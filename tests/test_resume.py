@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -83,16 +84,20 @@ def test_sigkill_mid_training_then_resume(disc_data: Path, tmp_path: Path) -> No
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs(run) == list(range(1, 11))
     load_checkpoint(run / "checkpoints" / "best.pt").build_model()
-    assert not list((run / "checkpoints").glob(".*tmp"))
+    assert not list(run.rglob(".*.tmp*"))
 
 
 def test_resume_clears_what_a_killed_writer_left(disc_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS]) == 0
-    stale = run / "checkpoints" / ".last.pt.abc123.tmp"
-    stale.write_bytes(b"PK\x03\x04 half a zip")
+    stale = [run / "checkpoints" / ".last.pt.abc123.tmp",        # an older writer's name
+             run / "checkpoints" / ".last.1a2b3c4d.tmp.pt",       # atomic_target's
+             run / ".history.5e6f7a8b.tmp.csv", run / ".curves.0a1b2c3d.tmp.png"]
+    for path in stale:
+        path.write_bytes(b"PK\x03\x04 half a file")
     assert main(["-q", "train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2"]) == 0
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
+    assert not list(run.rglob(".*.tmp*"))
     assert _epochs(run) == [1, 2]
 
 
@@ -177,6 +182,58 @@ def test_nan_gradients_never_reach_the_weights_and_count_across_epochs(disc_data
     assert _epochs(run) == [1, 2, 3]
     weights = load_checkpoint(run / "checkpoints" / "last.pt").state_dict
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_nan_gradients_in_fp16_stop_the_run_too(disc_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """With a GradScaler (fp16) a skipped step used to be the scaler's business only: gradients that
+    stay NaN halved the scale towards zero while the run went on without learning."""
+    real_build = trainer.build_loss
+
+    def nan_gradients(channels):
+        real = real_build(channels)
+        return lambda logits, target: real(logits, target) + torch.sqrt(logits.float().mean() * 0)
+
+    monkeypatch.setattr(trainer, "build_loss", nan_gradients)
+    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+    run = tmp_path / "run"
+    argv = ["train", str(disc_data), "--out", str(run), "--epochs", "6", *ARGS, "--samples-per-epoch", "8",
+            "--precision", "fp16"]
+    assert main(argv) == 2
+    assert "NaN/Inf" in capsys.readouterr().err
+
+
+def test_validation_with_nothing_to_score_still_gives_a_best_checkpoint(disc_data: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Every validation image empty in truth and prediction: Dice is undefined (NaN), and NaN > best
+    is never true, so best.pt would never be written."""
+    monkeypatch.setattr(trainer, "validate", lambda predictor, val: float("nan"))
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "2", *ARGS]) == 0
+    assert load_checkpoint(run / "checkpoints" / "best.pt").train["epoch"] == 2   # the latest, lacking a score
+    assert [r["val_dice"] for r in csv.DictReader((run / "history.csv").open())] == ["nan", "nan"]
+
+
+def test_resume_measures_the_precision_again(disc_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run resumed on another machine must not keep a bf16 that is emulated there."""
+    from medunet.api import train as train_api
+    from medunet.engine.precision import Precision
+
+    calls = []
+    real = train_api.precisions.choose
+
+    def spy(requested, *args, **kwargs):
+        calls.append(requested)
+        return real(requested, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_api.precisions, "choose", spy)
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", *ARGS]) == 0
+    record = json.loads((run / "config.json").read_text())
+    record["precision"]["chosen"] = Precision("bf16", True).name   # as if chosen on a machine with native bf16
+    (run / "config.json").write_text(json.dumps(record))
+    calls.clear()
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert calls == ["auto"]
 
 
 def test_interrupt_in_the_first_epoch_says_nothing_was_saved(disc_data: Path, tmp_path: Path, monkeypatch,

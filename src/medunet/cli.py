@@ -172,6 +172,7 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder or checkpoint")
     p.add_argument("split_dir", type=Path, nargs="?", help="labelled split (default: the run's validation split)")
     p.add_argument("--device", default="auto")
+    _add_precision(p)
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -196,68 +197,92 @@ def _normalisation(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Run the command; the exit code (0, or 2 when `doctor` found errors)."""
+    progress = not args.quiet and sys.stderr.isatty()
+    return COMMANDS[args.command](args, progress) or 0
+
+
+def _train(args: argparse.Namespace, progress: bool) -> None:
     import medunet
     from medunet.config import DataConfig, TrainConfig
 
-    progress = not args.quiet and sys.stderr.isatty()
-    if args.command == "train":
-        data_cfg = DataConfig(size=args.size, normalise=_normalisation(args), window=args.window,
-                              percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
-                              foreground_share=args.foreground_share, label_mode=args.label_mode,
-                              group_by=args.group_by)
-        cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
-                          lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
-                          samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
-                          precision=args.precision)
-        run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
-                            resume=args.resume, progress=progress)
-        print(f"run folder: {run}")
-    elif args.command == "evaluate":
-        from medunet.surface import parse_spacing
+    data_cfg = DataConfig(size=args.size, normalise=_normalisation(args), window=args.window,
+                          percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
+                          foreground_share=args.foreground_share, label_mode=args.label_mode, group_by=args.group_by)
+    cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
+                      lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
+                      samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
+                      precision=args.precision)
+    run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
+                        resume=args.resume, progress=progress)
+    print(f"run folder: {run}")
 
-        summary = medunet.evaluate(args.run, args.split_dir, args.out, overwrite=args.overwrite,
-                                   spacing=parse_spacing(args.spacing) if args.spacing else None,
-                                   **_inference_options(args))
-        print(format_summary(summary))
-    elif args.command == "predict":
-        written = medunet.predict(args.run, args.images, args.out, overlay=args.overlay,
-                                  probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
-                                  overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
-                                  **_inference_options(args))
-        print(f"{len(written)} masks written to {args.out}")
-    elif args.command == "doctor":
-        from medunet.api.doctor import doctor
-        from medunet.data.doctor import format_report
 
-        report = doctor(args.data, fix_out=args.fix)
-        print(format_report(report))
-        return 0 if report.ok else 2
-    elif args.command == "augment":
-        from medunet.api.augment import augment
+def _evaluate(args: argparse.Namespace, progress: bool) -> None:
+    import medunet
 
-        out = augment(args.split_dir, args.out, to=args.to, preset=args.preset, preview=args.preview,
-                      seed=args.seed, overwrite=args.overwrite)
-        print(f"{args.to} augmented pairs written to {out}" + (f"; preview: {out / 'preview.png'}" if args.preview else ""))
-    elif args.command == "tune":
-        from medunet.api.tune import tune
+    summary = medunet.evaluate(args.run, args.split_dir, args.out, overwrite=args.overwrite, spacing=args.spacing,
+                               **_inference_options(args))
+    print(format_summary(summary))
 
-        result = tune(args.run, args.split_dir, device=args.device)
-        for step in result.steps:
-            print(f"{step.description:<40} Dice {step.dice_before:.4f} → {step.dice_after:.4f}"
-                  f"  {'kept' if step.kept else 'not kept'}")
-        if args.quiet:  # otherwise the API's log line has already said it
-            print(f"chosen: {result.config.describe()} (validation Dice {result.baseline_dice:.4f} → {result.dice:.4f})")
-    elif args.command == "report":
-        from medunet.api.report import report
 
-        print(f"report written to {report(args.run, args.eval_dir, args.out)}")
-    elif args.command == "demo":
-        summary = medunet.demo(args.out, seed=args.seed, device=args.device, precision=args.precision,
-                               overwrite=args.overwrite, progress=progress)
-        print(format_summary(summary))
-        print(f"demo finished in {summary['seconds']:.0f} s: test Dice {summary['dice_mean']:.4f}\n"
-              f"  data        {summary['data']}\n  run         {summary['run']}\n"
-              f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
+def _predict(args: argparse.Namespace, progress: bool) -> None:
+    import medunet
+
+    written = medunet.predict(args.run, args.images, args.out, overlay=args.overlay,
+                              probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
+                              overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
+                              **_inference_options(args))
+    print(f"{len(written)} masks written to {args.out}")
+
+
+def _doctor(args: argparse.Namespace, progress: bool) -> int:
+    from medunet.api.doctor import doctor
+    from medunet.data.doctor import format_report
+
+    report = doctor(args.data, fix_out=args.fix)
+    print(format_report(report))
+    return 0 if report.ok else 2
+
+
+def _augment(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.augment import augment
+
+    out = augment(args.split_dir, args.out, to=args.to, preset=args.preset, preview=args.preview,
+                  seed=args.seed, overwrite=args.overwrite)
+    print(f"{args.to} augmented pairs written to {out}" + (f"; preview: {out / 'preview.png'}" if args.preview else ""))
+
+
+def _tune(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.tune import tune
+
+    result = tune(args.run, args.split_dir, device=args.device, precision=args.precision)
+    for step in result.steps:
+        print(f"{step.description:<40} Dice {step.dice_before:.4f} → {step.dice_after:.4f}"
+              f"  {'kept' if step.kept else 'not kept'}")
+    if args.quiet:  # otherwise the API's log line has already said it
+        print(f"chosen: {result.config.describe()} (validation Dice {result.baseline_dice:.4f} → {result.dice:.4f})")
+
+
+def _report(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.report import report
+
+    print(f"report written to {report(args.run, args.eval_dir, args.out)}")
+
+
+def _demo(args: argparse.Namespace, progress: bool) -> None:
+    import medunet
+
+    summary = medunet.demo(args.out, seed=args.seed, device=args.device, precision=args.precision,
+                           overwrite=args.overwrite, progress=progress)
+    print(format_summary(summary))
+    print(f"demo finished in {summary['seconds']:.0f} s: test Dice {summary['dice_mean']:.4f}\n"
+          f"  data        {summary['data']}\n  run         {summary['run']}\n"
+          f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor, "augment": _augment,
+            "tune": _tune, "report": _report, "demo": _demo}
 
 
 def _inference_options(args: argparse.Namespace) -> dict:

@@ -110,7 +110,7 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     batch = cfg.batch or (32 if device.type == "cuda" else 8)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
                 len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.channels)
-    precision, speeds = choose_precision(cfg, device, model, data_cfg)
+    precision, speeds = choose_precision(cfg, device, model, data_cfg, batch)
     logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", preset,
                 f"{count_parameters(model):,}", device, batch, precision.name)
     clear(out)
@@ -122,13 +122,13 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     return _fit(model, (dataset.train, dataset.val), cfg, job)
 
 
-def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet,
-                     data_cfg: DataConfig) -> tuple[Precision, dict[str, float]]:
+def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_cfg: DataConfig,
+                     batch: int) -> tuple[Precision, dict[str, float]]:
     """`cfg.precision`, measured on this machine for "auto"; deterministic runs take plain fp32,
     so that two runs cannot differ by what a timing probe happened to pick."""
     if cfg.precision == "auto" and cfg.deterministic:
         return Precision("fp32", False), {}
-    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.size)
+    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.size, batch)
 
 
 def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
@@ -140,9 +140,10 @@ def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, r
                                  f"start again with: medunet train DATA --out {job.run_dir} --overwrite") from None
         raise RunInterrupted(f"interrupted; {job.run_dir}/checkpoints/last.pt holds epoch {stop.epoch}; "
                              f"continue with: medunet train DATA --out {job.run_dir} --resume") from None
-    logger.info("done: %d epochs in %.0f s, best validation Dice %.4f; run folder %s",
-                state.epoch, state.elapsed, state.best_dice, job.run_dir)
-    tune(job.run_dir, device=job.device.type, cache=caches[1])  # the validation split already in RAM
+    best = f"{state.best_dice:.4f}" if state.best_dice >= 0 else "undefined (no validation image had foreground)"
+    logger.info("done: %d epochs in %.0f s, best validation Dice %s; run folder %s",
+                state.epoch, state.elapsed, best, job.run_dir)
+    tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
     return job.run_dir
 
 
@@ -157,7 +158,7 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
 def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     """Rebuild everything from the run folder: config.json, split.json and checkpoints/last.pt."""
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    for tmp in remove_stale_temporaries(out / "checkpoints"):
+    for tmp in remove_stale_temporaries(out / "checkpoints") + remove_stale_temporaries(out):
         logger.info("removed %s, half-written when the previous run was killed", tmp.name)
     try:
         stored = json.loads((out / "config.json").read_text())
@@ -173,20 +174,12 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
                    for name in ("train", "validation"))
     device = resolve_device(cfg.device)
     model = ckpt.build_model().train()
+    # Measured again: the run may continue on another machine, where bf16 is emulated, say.
+    precision = choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0]
     job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
-              stored["batch"], progress, ckpt.area_stats, _resumed_precision(stored, cfg, device, model))
-    logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, job.precision.name)
+              stored["batch"], progress, ckpt.area_stats, precision)
+    logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
-
-
-def _resumed_precision(stored: dict, cfg: TrainConfig, device: torch.device, model: UNet) -> Precision:
-    """The run's own choice on the same kind of device; measured again after a move (CPU ↔ CUDA)."""
-    record = stored.get("precision") or {}
-    if record.get("device") == device.type and record.get("chosen"):
-        dtype, _, layout = record["chosen"].partition("+")
-        return Precision(dtype, layout == "channels_last")
-    data_cfg = from_dict(DataConfig, stored["data"])
-    return choose_precision(cfg, device, model, data_cfg)[0]
 
 
 def _default_run(data: Path) -> Path:

@@ -10,24 +10,28 @@ from medunet.data.pairs import find_pairs
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import postprocess
 from medunet.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
 from medunet.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 
-def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto",
+def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto", precision: str | Precision = "auto",
          cache: Cache | None = None) -> postprocess.TuneResult:
     """Tune post-processing of the run's best checkpoint on its validation split (or `split_dir`).
 
     The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it. `cache`
-    is the validation split already in RAM, normalised with the run's preprocessing (training passes
-    it, so no file is read twice).
+    is the validation split already in RAM, normalised with the run's preprocessing, and
+    `precision` the one training ran in (training passes both: no file is read twice, and tuning
+    sees the probabilities validation saw).
     """
     run = Path(run)
     path = find_checkpoint(run) if run.is_dir() else run
     ckpt = load_checkpoint(path)
-    predictor = Predictor.from_checkpoint(ckpt, PredictConfig(device=device, postprocess=False))
+    chosen = precision if isinstance(precision, Precision) else None
+    cfg = PredictConfig(device=device, postprocess=False, precision=precision if chosen is None else "auto")
+    predictor = Predictor.from_checkpoint(ckpt, cfg, chosen)
     if cache is None:
         raw = read_split(find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path))
         probs = predictor.probabilities(raw.images)

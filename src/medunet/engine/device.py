@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import sys
 
 import torch
@@ -34,10 +35,11 @@ def keep_freed_memory() -> bool:
     A U-Net step on the CPU allocates activations of tens of MB and frees them again. Above glibc's
     mmap threshold each one is a fresh mapping whose pages fault in on first touch and are returned
     at free: a quarter of a `small` training step at 256² went to the kernel this way (measured:
-    3.9 vs 2.7 img/s, peak RSS +0.3 GB). Process-wide and harmless elsewhere; a no-op off glibc.
+    3.9 vs 2.7 img/s; peak RSS +0.5 GB training on DRIVE). Process-wide; a no-op off glibc, and
+    switched off with MEDUNET_KEEP_FREED_MEMORY=0 where memory is tighter than time.
     Returns whether it was applied.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("MEDUNET_KEEP_FREED_MEMORY", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

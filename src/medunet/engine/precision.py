@@ -28,7 +28,7 @@ from medunet.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 MIN_GAIN = 1.10          # a faster candidate must be 10% faster than the simpler one before it
-PROBE_SIZE = 128         # probe input side (at most the training crop): seconds, not minutes
+PROBE_SIZE = 128         # CPU probe input side and batch (at most the real ones): seconds, not minutes
 PROBE_BATCH = 4
 PROBE_STEPS = 2          # timed steps per candidate, after one warm-up step
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,6 +46,14 @@ class Precision:
     def name(self) -> str:
         """E.g. "bf16+channels_last" or "fp32"."""
         return self.dtype + ("+channels_last" if self.channels_last else "")
+
+    @classmethod
+    def from_name(cls, name: str) -> "Precision":
+        """The inverse of `name`."""
+        dtype, _, layout = name.partition("+")
+        if dtype not in ("fp32", "bf16", "fp16") or layout not in ("", "channels_last"):
+            raise ConfigError(f"not a precision: {name!r} (e.g. fp32, bf16+channels_last)")
+        return cls(dtype, layout == "channels_last")
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -110,22 +118,25 @@ def _timed(fn, precision: Precision, device: torch.device) -> float:
 
 
 def choose(requested: str, device: torch.device, model: nn.Module, in_channels: int, size: int,
-           train: bool = True) -> tuple[Precision, dict[str, float]]:
+           batch: int = PROBE_BATCH, train: bool = True) -> tuple[Precision, dict[str, float]]:
     """The precision to run `model` with, and the measured images/s of each candidate tried.
 
     A single candidate is returned without timing. The probe runs on a copy of the model, so the
-    model's weights and batch-norm statistics are untouched.
+    model's weights and batch-norm statistics are untouched. On a GPU it runs at the real crop and
+    batch (small inputs would time kernel launches, not arithmetic); on a CPU at most at
+    PROBE_SIZE² and PROBE_BATCH, where a step costs a tenth of a second or more.
     """
     options = candidates(requested, device)
     if len(options) == 1:
         return options[0], {}
     if device.type == "cpu":
         keep_freed_memory()   # as training and inference will run
-    side = min(size, PROBE_SIZE)
-    key = (requested, str(device), repr(getattr(model, "cfg", type(model))), in_channels, side, train)
+        size, batch = min(size, PROBE_SIZE), min(batch, PROBE_BATCH)
+    key = (requested, str(device), repr(getattr(model, "cfg", type(model))), in_channels, size, batch, train,
+           torch.get_num_threads())
     if key in _MEASURED:  # one probe per model shape and process: Predictors are made often
         return _MEASURED[key]
-    speeds = {p.name: _images_per_second(model, p, device, in_channels, side, train) for p in options}
+    speeds = {p.name: _images_per_second(model, p, device, in_channels, size, batch, train) for p in options}
     best = options[0]
     for option in options[1:]:
         if speeds[option.name] > MIN_GAIN * speeds[best.name]:
@@ -137,11 +148,10 @@ def choose(requested: str, device: torch.device, model: nn.Module, in_channels: 
 
 
 def _images_per_second(model: nn.Module, precision: Precision, device: torch.device, channels: int,
-                       side: int, train: bool) -> float:
+                       side: int, batch: int, train: bool) -> float:
     probe = copy.deepcopy(model).to(device, memory_format=precision.memory_format)
     probe.train(train)
-    x = torch.randn(PROBE_BATCH, channels, side, side, device=device).contiguous(
-        memory_format=precision.memory_format)
+    x = torch.randn(batch, channels, side, side, device=device).contiguous(memory_format=precision.memory_format)
     seconds = []
     for _ in range(PROBE_STEPS + 1):
         start = time.perf_counter()
@@ -149,7 +159,7 @@ def _images_per_second(model: nn.Module, precision: Precision, device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return PROBE_BATCH / max(min(seconds[1:]), 1e-9)
+    return batch / max(min(seconds[1:]), 1e-9)
 
 
 def _probe_step(model: nn.Module, precision: Precision, device: torch.device, x: torch.Tensor,

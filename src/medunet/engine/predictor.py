@@ -59,15 +59,19 @@ class Predictor:
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
     @classmethod
-    def from_checkpoint(cls, path: Path | Checkpoint, cfg: PredictConfig | None = None) -> "Predictor":
+    def from_checkpoint(cls, path: Path | Checkpoint, cfg: PredictConfig | None = None,
+                        precision: Precision | None = None) -> "Predictor":
+        """The checkpoint's model on `cfg.device`, in `precision` when given (training passes its own,
+        so tuning sees what validation saw), else in what `cfg.precision` resolves to here."""
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
         cfg = cfg or PredictConfig()
         dev = resolve_device(cfg.device)
         if dev.type == "cpu":
             keep_freed_memory()
         model = ckpt.build_model()
-        precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.size,
-                                         train=False)
+        if precision is None:
+            precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.size,
+                                             cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
         return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
                    ckpt.area_stats, precision)

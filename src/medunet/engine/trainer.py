@@ -249,8 +249,10 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | Non
     """One optimiser step; None (and no update) when the loss or a gradient is not finite, so NaN
     never reaches the weights or a checkpoint.
 
-    With fp16 loss scaling, an overflowing gradient is the scaler's normal signal to lower its scale:
-    it skips that step itself, and the step does not count as bad.
+    With fp16 loss scaling the scaler finds non-finite gradients itself: it skips the update and
+    halves its scale. An overflow now and then is how it finds its scale; a skipped step still
+    counts as bad, so that gradients that stay NaN (not an overflow) stop the run after
+    MAX_BAD_STEPS in a row, as in fp32, instead of halving the scale towards zero unnoticed.
     """
     loop.optimiser.zero_grad(set_to_none=True)
     with job.precision.autocast(job.device):
@@ -258,12 +260,16 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | Non
     loss = loop.loss_fn(logits, y)
     if not torch.isfinite(loss):
         return None
-    loop.scaler.scale(loss).backward()
-    loop.scaler.unscale_(loop.optimiser)
-    if not torch.isfinite(total_norm(loop.model.parameters())) and not loop.scaler.is_enabled():
+    if loop.scaler.is_enabled():
+        scale = loop.scaler.get_scale()
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimiser)
+        loop.scaler.update()
+        return None if loop.scaler.get_scale() < scale else float(loss.detach())
+    loss.backward()
+    if not torch.isfinite(total_norm(loop.model.parameters())):
         return None
-    loop.scaler.step(loop.optimiser)
-    loop.scaler.update()
+    loop.optimiser.step()
     return float(loss.detach())
 
 

@@ -421,7 +421,7 @@ def _write(path: Path, array: np.ndarray, resolution: dict,
     im = Image.fromarray(np.ascontiguousarray(array))
     if palette is not None:
         im.putpalette(list(palette))  # an "L" image becomes "P", its values the indices
-    with atomic_target(path) as tmp:
+    with atomic_target(path, durable=False) as tmp:   # image outputs go into staged folders
         im.save(tmp, format=fmt, **options)
 
 
@@ -432,7 +432,7 @@ def _write_tiff(path: Path, array: np.ndarray, resolution: dict, palette: tuple[
         # TIFF colormaps are 16-bit: ×257 maps 255 to 65535 exactly, and readers divide back.
         colormap = np.asarray(palette, np.uint16).reshape(256, 3).T * np.uint16(257)
         options = {"photometric": "palette", "colormap": colormap}
-    with atomic_target(path) as tmp:
+    with atomic_target(path, durable=False) as tmp:
         tifffile.imwrite(tmp, array, compression="zlib", **options, **resolution)
 
 

@@ -57,7 +57,7 @@ def staged_folder(final: Path, overwrite: bool, what: str = "output folder") -> 
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds its file is flushed to disk and
     renamed over `path` in one step, so `path` is always either the old file or the whole new one.
 
@@ -65,19 +65,38 @@ def atomic_target(path: Path) -> Iterator[Path]:
     one) and keeps the real suffix, so writers that pick the format from the suffix still work.
     On an error it is removed; a crash leaves it for `remove_stale_temporaries`. Not mkstemp: its
     0600 mode would stay on the final file; the writer creates it with the user's umask.
+    `durable=False` skips flushing to disk: for files inside a staged folder (`staged_folder`),
+    which become visible all together when the folder is renamed.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
+        if durable:
+            _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (the folder's entry, not only the file's bytes)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders; the rename itself has happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -93,13 +112,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """JSON, written atomically; NaN becomes null (JSON has no NaN: `json.dumps` would write an
-    invalid `NaN` that strict readers refuse)."""
+    """JSON, written atomically; NaN and ±inf become null (JSON has neither: `json.dumps` would write
+    an invalid `NaN` that strict readers refuse)."""
     write_text(path, json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n")
 
 
 def _json_ready(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
