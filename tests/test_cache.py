@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 
 from medunet.api.train import load_dataset
-from medunet.config import DataConfig
+from medunet.config import DataConfig, TrainConfig
 from medunet.data.cache import Cache
 
 
@@ -32,7 +33,7 @@ def test_decoded_files_are_let_go_once_cached(tmp_path: Path) -> None:
     write_uint16_split(data / "validation", 4, 128, seed=1)
     tracemalloc.start()
     try:
-        dataset = load_dataset(data, DataConfig(size=64), seed=0)
+        dataset = load_dataset(data, DataConfig(size=64, scale=1), TrainConfig(epochs=1), torch.device("cpu"))
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

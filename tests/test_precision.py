@@ -45,7 +45,7 @@ def test_cpu_candidates_and_explicit_choices(monkeypatch) -> None:
 def test_auto_keeps_the_fastest_measured_and_leaves_the_model_alone(monkeypatch) -> None:
     speeds = {"fp32": 3.35, "fp32+channels_last": 5.05, "bf16+channels_last": 5.05}   # the Intel Xeon's
     monkeypatch.setattr(precision, "bf16_competitive", lambda device: True)
-    monkeypatch.setattr(precision, "_images_per_second", lambda model, p, *a: speeds[p.name])
+    monkeypatch.setattr(precision, "images_per_second", lambda model, p, *a, **k: speeds[p.name])
     monkeypatch.setattr(precision, "_MEASURED", {})
     model = UNet(ModelConfig(base_width=4, depth=2, norm="batch"))
     chosen, measured = choose("auto", CPU, model, 1, 256)
@@ -65,7 +65,7 @@ def test_precision_names_round_trip() -> None:
 def test_probe_runs_on_a_copy() -> None:
     model = UNet(ModelConfig(base_width=4, depth=2, norm="batch"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    speed = precision._images_per_second(model, Precision("fp32", True), CPU, 1, 32, 2, train=True)
+    speed = precision.images_per_second(model, Precision("fp32", True), CPU, 1, 32, 2, train=True)
     assert speed > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -289,6 +289,8 @@ def test_default_stop_rule_does_not_depend_on_speed() -> None:
     from medunet.config import TrainConfig
 
     for elapsed in (10.0, 1e6):
-        assert trainer._epochs_left(trainer.State(epoch=5, elapsed=elapsed), TrainConfig()) == trainer.DEFAULT_EPOCHS - 5
+        state = trainer.State(epoch=5, elapsed=elapsed, best_epoch=3)
+        assert trainer._epochs_left(state, TrainConfig(patience=10)) == 8      # 10 epochs after the best
+        assert trainer._epochs_left(state, TrainConfig(patience=10, max_epochs=6)) == 1
     demo = demo_config(seed=2)
     assert demo.time_budget is None and demo.epochs is not None and demo.seed == 2

@@ -1,6 +1,6 @@
 """medunet: 2D medical image segmentation with U-Net.
 
-The public API mirrors the command line: `train`, `evaluate`, `predict`, `demo` and `load_model`.
+The public API mirrors the command line: `train`, `plan`, `evaluate`, `predict`, `demo` and `load_model`.
 Imports are lazy so that `import medunet` (and `medunet --help`) stay fast.
 """
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "evaluate", "predict", "demo", "tune", "report", "doctor", "load_model", "__version__"]
+__all__ = ["train", "plan", "evaluate", "predict", "demo", "tune", "report", "doctor", "load_model", "__version__"]
 
 _WHERE = {
     "train": "medunet.api.train",
+    "plan": "medunet.api.plan",
     "evaluate": "medunet.api.evaluate",
     "predict": "medunet.api.predict",
     "demo": "medunet.api.demo",

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only errors and the final result")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub.add_parser("train", parents=[common], help="train a U-Net on DATA/train (and validation/)"))
+    _add_plan(sub.add_parser("plan", parents=[common], help="the settings train would choose for DATA, with reasons"))
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
@@ -70,29 +71,45 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="folder with train/image, train/label (validation/, test/ optional)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<data name>)")
-    p.add_argument("--preset", default="auto", help="seed | standard | small (default: small on CPU, standard on CUDA)")
+    _add_settings(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+
+
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="folder with train/image, train/label (validation/, test/ optional)")
+    p.add_argument("--out", type=Path, help="also write the plan as JSON to this file")
+    _add_settings(p)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The training settings; each one given overrides the plan's choice for it (train and plan)."""
+    p.add_argument("--preset", default="auto", help="seed | standard | small | tiny (default: the plan's)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int)
     budget.add_argument("--time", type=parse_duration, help="time budget, e.g. 10m; stops at an epoch boundary")
-    p.add_argument("--size", type=int, default=256, help="training crop size (default 256)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="without --epochs/--time: stop after this many epochs without a better validation Dice")
+    p.add_argument("--size", type=int, help="training crop size (default: the plan's)")
+    p.add_argument("--scale", type=int,
+                   help="input scale 1/SCALE: images shrink by this factor for the network, masks come back "
+                        "full size (default: the plan's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", default="default", help="augmentation preset")
-    p.add_argument("--normalise", help="zscore (default) | minmax | window | percentile")
+    p.add_argument("--normalise", help="zscore | minmax | window | percentile (default: the plan's)")
     p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window (implies --normalise window)")
     p.add_argument("--percentiles", type=_pair,
                    help="LOW,HIGH clip percentiles, default 0.5,99.5 (implies --normalise percentile)")
     p.add_argument("--crop-mode", default="random",
                    help="random | center | label_box: where training crops come from (center: predict does the same)")
     p.add_argument("--crop-margin", type=int, default=16, help="pixels around the label box for label_box")
-    p.add_argument("--foreground-share", type=float, default=0.0,
-                   help="share of training crops centred on foreground (small structures)")
+    p.add_argument("--foreground-share", type=float,
+                   help="share of training crops centred on foreground (default: the plan's)")
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
     p.add_argument("--samples-per-epoch", type=int)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower; auto precision is fp32)")
     _add_precision(p)
     p.add_argument("--group-by", metavar="REGEX",
@@ -193,7 +210,7 @@ def _normalisation(args: argparse.Namespace) -> str:
     if implied and args.normalise not in (None, implied):
         option = "--window" if implied == "window" else "--percentiles"
         raise ConfigError(f"{option} applies only with --normalise {implied}, not {args.normalise}")
-    return args.normalise or implied or "zscore"
+    return args.normalise or implied or "auto"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -202,20 +219,34 @@ def _run(args: argparse.Namespace) -> int:
     return COMMANDS[args.command](args, progress) or 0
 
 
-def _train(args: argparse.Namespace, progress: bool) -> None:
-    import medunet
+def _settings(args: argparse.Namespace):
+    """(DataConfig, TrainConfig) of the settings flags; those not given stay open for the plan."""
     from medunet.config import DataConfig, TrainConfig
 
-    data_cfg = DataConfig(size=args.size, normalise=_normalisation(args), window=args.window,
+    data_cfg = DataConfig(size=args.size, scale=args.scale, normalise=_normalisation(args), window=args.window,
                           percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
                           foreground_share=args.foreground_share, label_mode=args.label_mode, group_by=args.group_by)
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                       samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
-                      precision=args.precision)
+                      precision=args.precision, patience=args.patience)
+    return data_cfg, cfg
+
+
+def _train(args: argparse.Namespace, progress: bool) -> None:
+    import medunet
+
+    data_cfg, cfg = _settings(args)
     run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
                         resume=args.resume, progress=progress)
     print(f"run folder: {run}")
+
+
+def _plan(args: argparse.Namespace, progress: bool) -> None:
+    import medunet
+
+    data_cfg, cfg = _settings(args)
+    print("\n".join(medunet.plan(args.data, data_cfg=data_cfg, cfg=cfg, out=args.out).lines()))
 
 
 def _evaluate(args: argparse.Namespace, progress: bool) -> None:
@@ -281,7 +312,7 @@ def _demo(args: argparse.Namespace, progress: bool) -> None:
           f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor, "augment": _augment,
+COMMANDS = {"train": _train, "plan": _plan, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor, "augment": _augment,
             "tune": _tune, "report": _report, "demo": _demo}
 
 

@@ -16,7 +16,7 @@ from medunet.engine.predictor import Output, Predictor
 from medunet.errors import ConfigError, DataError
 from medunet.io.images import mask_suffix, read_image, write_image, write_mask
 from medunet.report.overlay import draw_outlines
-from medunet.transforms.geometry import Geometry
+from medunet.transforms.geometry import Geometry, default_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box
         raise DataError(f"{path}: {exc}") from None
     if cfg.crop:
         return Geometry.centre_crop(*hw, cfg.crop)
-    return predictor.default_geometry(*hw)
+    return default_geometry(*hw, predictor.data_cfg)
 
 
 def read_boxes(path: Path) -> dict[str, Box]:

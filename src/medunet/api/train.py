@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medunet import __version__
@@ -14,7 +15,10 @@ from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
-from medunet.data.cache import Cache, area_stats, build_cache, read_split
+from medunet.data.cache import Cache, RawSplit, area_stats, build_cache, read_split
+from medunet.data.fingerprint import Fingerprint, fingerprint
+from medunet.engine.planner import Plan, make_plan
+from medunet.surface import pixel_spacing, split_spacings
 from medunet.data.doctor import ENCODING_CHECKS, check_and_read
 from medunet.data.encoding import LabelEncoding, detect_encoding
 from medunet.data.pairs import dataset_splits, looks_grouped, split_train_val, write_split
@@ -34,22 +38,38 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
-    """The train and validation splits, network-ready, and what was learnt from the files."""
+    """The train and validation splits, network-ready, the plan they were prepared by, and what was
+    learnt from the files."""
 
     train: Cache
     val: Cache
     splits: dict
     encoding: LabelEncoding
-    data_cfg: DataConfig      # with the channels the images have
+    plan: Plan                # resolved settings: plan.data (with the images' channels), plan.train
+    requested: DataConfig     # what was asked for (None/"auto": left to the plan)
+
+    @property
+    def data_cfg(self) -> DataConfig:
+        return self.plan.data
 
 
-def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
-    """Pair, split, decode and normalise; every check that can fail on the user's data runs here,
+@dataclass(frozen=True)
+class Decoded:
+    """A dataset's files decoded and split, before any setting of the plan is applied."""
+
+    train: RawSplit
+    val: RawSplit
+    splits: dict
+    encoding: LabelEncoding
+    fingerprint: Fingerprint
+
+
+def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
+    """Pair, split, decode and fingerprint; every check that can fail on the user's data runs here,
     before any output.
 
     The doctor's quick checks come first, so a data trap is refused with its clear message; the
-    test split is left to `evaluate`, which names its own problems. The decoded files are let go
-    as the caches are built, so only the float32 caches stay in memory during training.
+    test split is left to `evaluate`, which names its own problems.
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
     report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
@@ -65,13 +85,35 @@ def load_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Dataset:
     train, val = read_split(train_pairs, decoded), read_split(val_pairs, decoded)
     del decoded
     encoding = detect_encoding(train.labels + val.labels, data_cfg.label_mode)
-    channels = 3 if any(is_colour(im) for im in train.images) else 1
-    data_cfg = replace(data_cfg, channels=channels)
     record = {"train": train_pairs, "validation": val_pairs}
     if "test" in splits:
         record["test"] = splits["test"]
-    return Dataset(build_cache(train, data_cfg, encoding, consume=True),
-                   build_cache(val, data_cfg, encoding, consume=True), record, encoding, data_cfg)
+    both = RawSplit(train.pairs + val.pairs, train.images + val.images, train.labels + val.labels)
+    spacings = split_spacings([pixel_spacing(p.image) for p in both.pairs])
+    spacing = None if spacings[0] is None else tuple(float(v) for v in np.median(spacings, axis=0))
+    fp = fingerprint(both, encoding, n_validation=len(val.pairs), n_test=len(splits.get("test", [])),
+                     spacing=spacing, seed=seed)
+    return Decoded(train, val, record, encoding, fp)
+
+
+def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device) -> Dataset:
+    """Decode, plan the settings left open, and build the caches. The decoded files are let go as
+    the caches are built, so only the float32 caches stay in memory during training."""
+    decoded = decode_dataset(data, data_cfg, cfg.seed)
+    return prepare_dataset(decoded, data_cfg, cfg, device)
+
+
+def prepare_dataset(decoded: Decoded, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
+                    consume: bool = True) -> Dataset:
+    """The plan for `decoded` with the settings of `data_cfg`/`cfg` kept, and the caches it asks for."""
+    n = decoded.encoding.n_classes
+    data_cfg = replace(data_cfg, channels=decoded.fingerprint.channels)
+    plan = make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n)
+    for line in plan.lines():
+        logger.info("plan: %s", line)
+    return Dataset(build_cache(decoded.train, plan.data, decoded.encoding, consume=consume),
+                   build_cache(decoded.val, plan.data, decoded.encoding, consume=consume, training=False),
+                   decoded.splits, decoded.encoding, plan, data_cfg)
 
 
 def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
@@ -100,24 +142,28 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     _check_run_folder(out, overwrite)
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
-    dataset = load_dataset(Path(data), data_cfg, cfg.seed)
-    data_cfg = dataset.data_cfg
-    preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
+    dataset = load_dataset(Path(data), data_cfg, cfg, device)
+    return train_prepared(dataset, out, cfg, augment, device, progress)
+
+
+def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment: AugmentConfig,
+                   device: torch.device, progress: bool = True) -> Path:
+    """Train on a planned, cached dataset into the run folder `out` (checked free by the caller)."""
+    data_cfg, cfg = dataset.plan.data, dataset.plan.train
     n = dataset.encoding.n_classes
-    model_cfg = model_preset(preset, in_channels=data_cfg.channels, out_channels=1 if n == 2 else n)
+    model_cfg = model_preset(cfg.preset, in_channels=data_cfg.channels, out_channels=1 if n == 2 else n)
     torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
     model = UNet(model_cfg)
-    batch = cfg.batch or (32 if device.type == "cuda" else 8)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
                 len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.channels)
-    precision, speeds = choose_precision(cfg, device, model, data_cfg, batch)
-    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", preset,
-                f"{count_parameters(model):,}", device, batch, precision.name)
+    precision, speeds = choose_precision(cfg, device, model, data_cfg, cfg.batch)
+    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", cfg.preset,
+                f"{count_parameters(model):,}", device, cfg.batch, precision.name)
     clear(out)
-    _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch,
+    _write_run_files(out, dataset, requested, model_cfg, augment,
                      {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
                       "measured_images_per_s": speeds})
-    job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(dataset.train),
+    job = Job(out, data_cfg, augment, dataset.encoding, device, cfg.batch, progress, area_stats(dataset.train),
               precision)
     return _fit(model, (dataset.train, dataset.val), cfg, job)
 
@@ -128,7 +174,7 @@ def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_c
     so that two runs cannot differ by what a timing probe happened to pick."""
     if cfg.precision == "auto" and cfg.deterministic:
         return Precision("fp32", False), {}
-    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.size, batch)
+    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.crop_size, batch)
 
 
 def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
@@ -170,8 +216,8 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     if overrides.device != "auto":
         cfg = replace(cfg, device=overrides.device)
     splits = read_split_file(out / "split.json")
-    caches = tuple(build_cache(read_split(splits[name]), ckpt.data_config, ckpt.encoding, consume=True)
-                   for name in ("train", "validation"))
+    caches = tuple(build_cache(read_split(splits[name]), ckpt.data_config, ckpt.encoding, consume=True,
+                               training=name == "train") for name in ("train", "validation"))
     device = resolve_device(cfg.device)
     model = ckpt.build_model().train()
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
@@ -191,11 +237,16 @@ def _default_run(data: Path) -> Path:
     return candidate
 
 
-def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch, precision) -> None:
+def _write_run_files(out: Path, dataset: Dataset, requested: TrainConfig, model_cfg, augment: AugmentConfig,
+                     precision: dict) -> None:
+    """config.json holds the resolved settings ("data", "train") and where each came from: the
+    plan with its reasons and what was asked for ("requested")."""
+    plan = dataset.plan
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {
-        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": preset,
-        "batch": batch, "precision": precision, "data": to_dict(data_cfg), "model": to_dict(model_cfg),
-        "train": to_dict(cfg), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
+        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": plan.train.preset,
+        "batch": plan.train.batch, "precision": precision, "data": to_dict(plan.data), "model": to_dict(model_cfg),
+        "train": to_dict(plan.train), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
+        "plan": plan.to_dict(), "requested": {"data": to_dict(dataset.requested), "train": to_dict(requested)},
     })
-    write_split(out / "split.json", dataset.splits, data_cfg.group_by)
+    write_split(out / "split.json", dataset.splits, plan.data.group_by)

@@ -37,7 +37,8 @@ def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto", prec
         probs = predictor.probabilities(raw.images)
         truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
     else:
-        probs, truths = [o.probs for o in predictor.outputs_normalised(cache.images)], cache.labels
+        outputs = predictor.outputs_prepared(cache.images, [label.shape for label in cache.labels])
+        probs, truths = [o.probs for o in outputs], cache.labels
     result = postprocess.tune(probs, truths, ckpt.encoding.n_classes)
     ckpt.postprocess = result.config.to_dict()
     save_checkpoint(path, ckpt)

@@ -13,23 +13,30 @@ from medunet.errors import ConfigError
 
 T = TypeVar("T")
 
-NORMALISATIONS = ("zscore", "minmax", "window", "percentile")
+NORMALISATIONS = ("auto", "zscore", "minmax", "window", "percentile")
 CROPS = ("random", "center", "label_box")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How files become network input; the checkpoint carries it so prediction does the same."""
+    """How files become network input; the checkpoint carries it so prediction does the same.
 
-    size: int = 256                      # training crop side in pixels
+    None (and "auto") leave the choice to the dataset's plan (`medunet.engine.planner`); a run's
+    config.json and checkpoints hold the resolved values.
+    """
+
+    size: int | None = None              # training crop side in pixels, at the input scale
+    # Input scale 1/scale: the network sees every image shrunk by this factor (area averaging) and
+    # its output is resized back, so large images whose objects are large train and predict fast.
+    scale: int | None = None
     channels: int = 1                    # 1: colour images are averaged to grey; 3: RGB (grey repeated)
-    normalise: str = "zscore"            # zscore | minmax | window | percentile (per image)
+    normalise: str = "auto"              # auto (the plan: zscore) | zscore | minmax | window | percentile
     window: tuple[float, float] | None = None      # LOW, HIGH for "window" (e.g. CT in HU)
     percentiles: tuple[float, float] = (0.5, 99.5)  # clip points for "percentile"
     crop: str = "random"                 # random | center | label_box: where training crops come from
     crop_margin: int = 16                # pixels around the label's bounding box for "label_box"
-    foreground_share: float = 0.0        # share of training crops centred on a foreground pixel
+    foreground_share: float | None = None  # share of training crops centred on a foreground pixel
     label_mode: str = "auto"             # auto | binary | classes: how mask values are read
     val_fraction: float = 0.1            # share of train/ held out when validation/ is absent
     # Regex whose first match in a file stem names its group (a patient, a video sequence): the
@@ -37,7 +44,9 @@ class DataConfig:
     group_by: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.size >= 16, f"--size must be at least 16, got {self.size}")
+        _check(self.size is None or self.size >= 16, f"--size must be at least 16, got {self.size}")
+        _check(self.scale is None or (isinstance(self.scale, int) and 1 <= self.scale <= 16),
+               f"--scale must be a whole factor from 1 to 16, got {self.scale!r}")
         _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
         _check(self.normalise in NORMALISATIONS,
                f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
@@ -46,7 +55,7 @@ class DataConfig:
         _check(self.window is None or self.window[0] < self.window[1],
                f"--window LOW,HIGH needs LOW < HIGH, got {self.window}")
         _check(self.crop in CROPS, f"--crop-mode must be one of {', '.join(CROPS)}, got {self.crop!r}")
-        _check(0.0 <= self.foreground_share <= 1.0,
+        _check(self.foreground_share is None or 0.0 <= self.foreground_share <= 1.0,
                f"--foreground-share must be in [0, 1], got {self.foreground_share}")
         _check(self.label_mode in ("auto", "binary", "classes"),
                f"--label-mode must be auto, binary or classes, got {self.label_mode!r}")
@@ -56,6 +65,16 @@ class DataConfig:
                 re.compile(self.group_by)
             except re.error as exc:
                 raise ConfigError(f"--group-by {self.group_by!r} is not a regular expression ({exc})") from None
+
+    @property
+    def input_scale(self) -> int:
+        """The input scale factor; 1 until a plan has chosen one."""
+        return self.scale or 1
+
+    @property
+    def crop_size(self) -> int:
+        """The training crop side; 256 until a plan has chosen one."""
+        return self.size or 256
 
 
 @dataclass(frozen=True)
@@ -110,7 +129,7 @@ class TrainConfig:
     """The optimisation: how long, how fast, on what."""
 
     preset: str = "auto"                 # auto: small on CPU, standard on CUDA
-    epochs: int | None = None            # None with no time budget: engine.trainer.DEFAULT_EPOCHS
+    epochs: int | None = None            # None with no time budget: the patience rule below
     time_budget: float | None = None     # seconds; training stops before an epoch that would overrun
     batch: int | None = None             # None: 8 on CPU, 32 on CUDA
     lr: float = 1e-3
@@ -120,6 +139,10 @@ class TrainConfig:
     seed: int = 0
     augment: str = "default"             # an augmentation preset name
     deterministic: bool = False          # bit-reproducible; "auto" precision then means fp32
+    # Without epochs or a time budget: stop when validation Dice has not improved for `patience`
+    # epochs, or after `max_epochs`.
+    patience: int = 10
+    max_epochs: int = 200
     precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
 
     def __post_init__(self) -> None:
@@ -128,6 +151,8 @@ class TrainConfig:
                f"--time must be positive, got {self.time_budget}")
         _check(self.batch is None or self.batch >= 1, f"--batch must be at least 1, got {self.batch}")
         _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _check(self.patience >= 1, f"--patience must be at least 1 epoch, got {self.patience}")
+        _check(self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.preset in ("auto", *MODEL_PRESETS),
                f"--preset must be auto or one of {', '.join(MODEL_PRESETS)}, got {self.preset!r}")

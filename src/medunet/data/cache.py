@@ -12,7 +12,9 @@ from medunet.data.encoding import LabelEncoding
 from medunet.data.pairs import Pair
 from medunet.errors import DataError
 from medunet.io.images import LabelFile, read_image, read_label
-from medunet.transforms.intensity import normalise
+from medunet.transforms.geometry import default_geometry
+from medunet.transforms.preprocess import preprocess
+from medunet.transforms.resize import shrink_labels
 
 
 @dataclass
@@ -26,7 +28,13 @@ class RawSplit:
 
 @dataclass
 class Cache:
-    """Network-ready arrays of one split: `images[i]` float32 `(C, H, W)`, `labels[i]` uint8 `(H, W)`."""
+    """Network-ready arrays of one split: `images[i]` float32 `(C, h, w)`, `labels[i]` uint8.
+
+    A training cache holds whole images at the input scale and labels on the same grid (what
+    crops are cut from). A validation cache holds exactly what the Predictor sends through the
+    network (`default_geometry`: the whole image, or the centred crop, at the input scale) and
+    the labels at the original size, so validation Dice is measured where `evaluate` measures it.
+    """
 
     stems: list[str]
     images: list[np.ndarray]
@@ -68,16 +76,24 @@ def read_split(pairs: list[Pair], decoded: dict[Path, Any] | None = None) -> Raw
     return RawSplit(pairs, images, labels)
 
 
-def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, consume: bool = False) -> Cache:
-    """Normalise images with the shared preprocessing function and encode labels to class indices.
+def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, consume: bool = False,
+                training: bool = True) -> Cache:
+    """Preprocess images with the shared function and encode labels to class indices: a training
+    cache (`training`) or a validation one (see `Cache`).
 
     With `consume`, each decoded file is dropped from `raw` as soon as its cached form exists, so
     the decoded split and the float32 cache are never both whole in memory (`raw` ends up empty).
     """
     cache = Cache(stems=[p.stem for p in raw.pairs], images=[], labels=[])
     for i in range(len(raw.images)):
-        cache.images.append(normalise(raw.images[i], data_cfg))
-        cache.labels.append(encoding.encode(raw.labels[i].values, raw.labels[i].path))
+        label = encoding.encode(raw.labels[i].values, raw.labels[i].path)
+        if training:
+            image = preprocess(raw.images[i], data_cfg)
+            label = shrink_labels(label, image.shape[-2:])
+        else:
+            image = preprocess(raw.images[i], data_cfg, default_geometry(*label.shape, data_cfg))
+        cache.images.append(image)
+        cache.labels.append(label)
         if consume:
             raw.images[i] = raw.labels[i] = None  # type: ignore[call-overload]
     if consume:

@@ -136,7 +136,7 @@ def choose(requested: str, device: torch.device, model: nn.Module, in_channels: 
            torch.get_num_threads())
     if key in _MEASURED:  # one probe per model shape and process: Predictors are made often
         return _MEASURED[key]
-    speeds = {p.name: _images_per_second(model, p, device, in_channels, size, batch, train) for p in options}
+    speeds = {p.name: images_per_second(model, p, device, in_channels, size, batch, train) for p in options}
     best = options[0]
     for option in options[1:]:
         if speeds[option.name] > MIN_GAIN * speeds[best.name]:
@@ -147,13 +147,15 @@ def choose(requested: str, device: torch.device, model: nn.Module, in_channels: 
     return best, speeds
 
 
-def _images_per_second(model: nn.Module, precision: Precision, device: torch.device, channels: int,
-                       side: int, batch: int, train: bool) -> float:
+def images_per_second(model: nn.Module, precision: Precision, device: torch.device, channels: int,
+                      side: int, batch: int, train: bool, steps: int = PROBE_STEPS) -> float:
+    """Images per second of `model` (a copy of it) at `batch` × `side`² in `precision`: the best of
+    `steps` timed steps after one warm-up; a training step is forward and backward."""
     probe = copy.deepcopy(model).to(device, memory_format=precision.memory_format)
     probe.train(train)
     x = torch.randn(batch, channels, side, side, device=device).contiguous(memory_format=precision.memory_format)
     seconds = []
-    for _ in range(PROBE_STEPS + 1):
+    for _ in range(steps + 1):
         start = time.perf_counter()
         _probe_step(probe, precision, device, x, train)
         if device.type == "cuda":

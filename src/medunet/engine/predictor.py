@@ -19,8 +19,8 @@ from medunet.engine.device import keep_freed_memory, resolve_device
 from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
 from medunet.models.unet import UNet
-from medunet.transforms.geometry import Geometry
-from medunet.transforms.intensity import normalise
+from medunet.transforms.geometry import Geometry, default_geometry
+from medunet.transforms.preprocess import preprocess
 
 # Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
 TTA_FLIPS = {"none": [()], "flips": [(), (-1,), (-2,), (-2, -1)]}
@@ -73,7 +73,7 @@ class Predictor:
             keep_freed_memory()
         model = ckpt.build_model()
         if precision is None:
-            precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.size,
+            precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.crop_size,
                                              cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
         return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
@@ -144,28 +144,26 @@ class Predictor:
     def outputs(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[Output]:
         """Raw images `(H, W)` / `(H, W, 3)` → outputs at each image's full size.
 
-        With geometries, only each box goes through the network and the result is pasted back
-        into a canvas of background (variance 0 there).
+        With geometries (boxes in original pixels), only each box goes through the network and
+        the result is pasted back into a canvas of background (variance 0 there); the model's
+        input scale applies to every box.
         """
-        return self.outputs_normalised([normalise(im, self.data_cfg) for im in images], geometries)
-
-    def outputs_normalised(self, inputs: list[np.ndarray],
-                           geometries: list[Geometry] | None = None) -> list[Output]:
-        """Like `outputs`, for images already normalised to `(C, H, W)` (the training cache)."""
         if geometries is None:
-            geometries = [self.default_geometry(*x.shape[-2:]) for x in inputs]
-        results = self.predict_normalised([g.apply(x) for x, g in zip(inputs, geometries)])
+            geometries = [default_geometry(*im.shape[:2], self.data_cfg) for im in images]
+        geometries = [g.scaled(self.data_cfg.input_scale) for g in geometries]
+        inputs = [preprocess(im, self.data_cfg, g) for im, g in zip(images, geometries)]
+        return self._pasted(self.predict_normalised(inputs), geometries)
+
+    def outputs_prepared(self, inputs: list[np.ndarray], shapes: list[tuple[int, int]]) -> list[Output]:
+        """Like `outputs`, for inputs already preprocessed with the default geometry of images of
+        `shapes` (a validation `Cache`: images as the network sees them, labels at full size)."""
+        geometries = [default_geometry(*shape, self.data_cfg) for shape in shapes]
+        return self._pasted(self.predict_normalised(inputs), geometries)
+
+    def _pasted(self, results: list[Output], geometries: list[Geometry]) -> list[Output]:
         return [Output(g.invert(r.probs, fill=self._background()),
                        None if r.variance is None else g.invert(r.variance, fill=0.0))
                 for r, g in zip(results, geometries)]
-
-    def default_geometry(self, height: int, width: int) -> Geometry:
-        """What goes through the network when no box is given: the centred crop the model was
-        trained on (`--crop-mode center`), else the whole image. Validation, evaluate, tune and
-        predict all come through here, so they see the same pixels."""
-        if self.data_cfg.crop == "center":
-            return Geometry.centre_crop(height, width, self.data_cfg.size)
-        return Geometry.whole(height, width)
 
     def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
         """Like `outputs`, probabilities only."""

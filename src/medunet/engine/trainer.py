@@ -33,7 +33,6 @@ from medunet.transforms.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EPOCHS = 40
 MIN_SAMPLES_PER_EPOCH = 200   # tiny datasets still get epochs long enough to be worth validating
 MAX_BAD_STEPS = 20            # consecutive non-finite losses before training gives up
 
@@ -64,6 +63,8 @@ class State:
     epoch: int = 0
     elapsed: float = 0.0
     best_dice: float = -1.0
+    best_epoch: int = 0
+    lr_drops: int = 0            # plateaus so far (patience stop rule: each halves the learning rate)
     history: list[dict] = field(default_factory=list)
 
 
@@ -147,7 +148,8 @@ class TrainingInterrupted(Exception):
 
 def _snapshot(loop: Loop, state: State, cfg: TrainConfig) -> dict:
     """Everything resume needs beyond the weights: optimiser, RNG streams, progress, history."""
-    snap = dict(epoch=state.epoch, elapsed=state.elapsed, best_dice=state.best_dice, history=state.history,
+    snap = dict(epoch=state.epoch, elapsed=state.elapsed, best_dice=state.best_dice, best_epoch=state.best_epoch,
+                lr_drops=state.lr_drops, history=state.history,
                 optimiser=loop.optimiser.state_dict(), numpy_rng=loop.rng.bit_generator.state,
                 torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state(),
                 augment_rng_device=loop.generator.device.type, scaler=loop.scaler.state_dict())
@@ -173,6 +175,7 @@ def _restore(snap: dict, loop: Loop, state: State, seed: int) -> None:
     if "cuda_rng" in snap and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(snap["cuda_rng"])
     state.epoch, state.elapsed, state.best_dice = snap["epoch"], snap["elapsed"], snap["best_dice"]
+    state.best_epoch, state.lr_drops = snap.get("best_epoch", snap["epoch"]), snap.get("lr_drops", 0)
     state.history = list(snap["history"])
 
 
@@ -191,27 +194,32 @@ def _restore_generator(generator: torch.Generator, snap: dict, seed: int) -> Non
 
 
 def _should_continue(state: State, cfg: TrainConfig) -> bool:
-    """Epoch limit, or a time budget: stop before an epoch that would not end inside it."""
+    """Epoch limit, a time budget (stop before an epoch that would not end inside it), or patience."""
     return state.epoch == 0 or _epochs_left(state, cfg) >= 1
 
 
 def _epochs_left(state: State, cfg: TrainConfig) -> float:
-    """Epochs still to run: up to the epoch limit, and with a time budget only those that fit in
-    it at the mean epoch time so far."""
-    limited = cfg.epochs is not None or cfg.time_budget is None
-    left = (cfg.epochs or DEFAULT_EPOCHS) - state.epoch if limited else math.inf
+    """Epochs still to run: up to the epoch limit; with a time budget only those that fit in it at
+    the mean epoch time so far; with neither, until validation has not improved for
+    `cfg.patience` epochs (at most `cfg.max_epochs`): a count of epochs, whatever the machine's speed."""
+    if cfg.epochs is None and cfg.time_budget is None:
+        return max(min(cfg.max_epochs - state.epoch, state.best_epoch + cfg.patience - state.epoch), 0)
+    left = cfg.epochs - state.epoch if cfg.epochs is not None else math.inf
     if cfg.time_budget is not None and state.epoch > 0 and state.elapsed > 0:
         left = min(left, (cfg.time_budget - state.elapsed) // (state.elapsed / state.epoch))
     return max(left, 0)
 
 
 def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds_in: float) -> float:
-    """Cosine decay to 5% over whichever runs out first: the epochs or the time budget."""
+    """Cosine decay to 5% over whichever runs out first: the epochs or the time budget; with the
+    patience rule, halved at each plateau (half the patience without improvement)."""
+    if cfg.epochs is None and cfg.time_budget is None:
+        return cfg.lr * 0.5 ** state.lr_drops
     progress = 0.0
     if cfg.time_budget is not None:
         progress = (state.elapsed + seconds_in) / cfg.time_budget
-    if cfg.epochs is not None or cfg.time_budget is None:
-        progress = max(progress, (state.epoch + epoch_fraction) / (cfg.epochs or DEFAULT_EPOCHS))
+    if cfg.epochs is not None:
+        progress = max(progress, (state.epoch + epoch_fraction) / cfg.epochs)
     progress = min(progress, 1.0)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -285,7 +293,7 @@ def validate(predictor: Predictor, val: Cache) -> float:
     Images empty in both truth and prediction are left out, as `evaluate` does; NaN when every
     validation image is such a case.
     """
-    outputs = predictor.outputs_normalised(val.images)
+    outputs = predictor.outputs_prepared(val.images, [label.shape for label in val.labels])
     return mean_dice(val.labels, [predictor.to_mask(o.probs) for o in outputs], predictor.encoding.n_classes)
 
 
@@ -301,6 +309,10 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
     improved = state.best_dice < 0 or val_dice > state.best_dice
     if not math.isnan(val_dice):
         state.best_dice = max(state.best_dice, val_dice)
+    if improved:
+        state.best_epoch = state.epoch
+    elif (state.epoch - state.best_epoch) % max(cfg.patience // 2, 1) == 0:
+        state.lr_drops += 1  # a plateau: the patience rule halves the learning rate
     weights = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
     ckpt_dir = job.run_dir / "checkpoints"
     if improved:
@@ -313,6 +325,8 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
     save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
                                                      train=_snapshot(loop, state, cfg), area_stats=job.area_stats))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
+    if cfg.epochs is None and cfg.time_budget is None:
+        budget = f" (best {state.best_epoch}, patience {cfg.patience})"
     logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs  ETA %s", state.epoch, budget, loss,
                 val_dice, "  (best)" if improved else "", rate, state.elapsed, _eta(state, cfg))
 

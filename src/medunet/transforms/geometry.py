@@ -1,27 +1,43 @@
 """Where the network's input sits in the original image, recorded so it can be undone exactly.
 
-A Geometry is a crop box inside the original (the part that goes through the network). Padding to
-the network's multiple happens inside the model and is undone there; what comes back here is
-pasted into a canvas of the original size at the box's position.
+A Geometry is a crop box inside the original (the part that goes through the network) and an
+input scale: the box is shrunk by `scale` (area averaging) on the way in, and the network's
+output is resized back to the box (bilinear) and pasted into a canvas of the original size at the
+box's position on the way out. Padding to the network's multiple happens inside the model and is
+undone there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from medunet.config import DataConfig
+from medunet.transforms.resize import enlarge, scaled_shape, shrink
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """Original size `(height, width)` and the box `(y0, x0, h, w)` taken from it."""
+    """Original size `(height, width)`, the box `(y0, x0, h, w)` taken from it, and the input
+    scale: the network sees the box at `scaled_shape(h, w, scale)`."""
 
     height: int
     width: int
     box: tuple[int, int, int, int]
+    scale: int = 1
 
     @classmethod
-    def whole(cls, height: int, width: int) -> "Geometry":
-        return cls(height, width, (0, 0, height, width))
+    def whole(cls, height: int, width: int, scale: int = 1) -> "Geometry":
+        return cls(height, width, (0, 0, height, width), scale)
+
+    def scaled(self, scale: int) -> "Geometry":
+        """The same box at input scale 1/`scale`."""
+        return replace(self, scale=scale)
+
+    @property
+    def network_shape(self) -> tuple[int, int]:
+        """`(h, w)` of what goes through the network."""
+        return scaled_shape(self.box[2], self.box[3], self.scale)
 
     @classmethod
     def centre_crop(cls, height: int, width: int, size: int) -> "Geometry":
@@ -39,18 +55,30 @@ class Geometry:
         return cls(height, width, (y0, x0, y1 - y0, x1 - x0))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
-        """`(..., height, width)` → `(..., h, w)`: the box's content."""
+        """`(C, height, width)` → `(C, *network_shape)`: the box's content, shrunk by the scale."""
         y0, x0, h, w = self.box
-        return array[..., y0:y0 + h, x0:x0 + w]
+        return shrink(array[..., y0:y0 + h, x0:x0 + w], self.network_shape)
 
     def invert(self, array: np.ndarray, fill: float | np.ndarray = 0) -> np.ndarray:
-        """`(..., h, w)` → `(..., height, width)`: pasted at the box's position on a `fill` canvas.
+        """`(K, *network_shape)` → `(K, height, width)`: resized back to the box and pasted at its
+        position on a `fill` canvas.
 
-        `fill` may be per channel (shape `(C,)`), e.g. background probability 1 for softmax output.
+        `fill` may be per channel (shape `(K,)`), e.g. background probability 1 for softmax output.
         """
         y0, x0, h, w = self.box
+        array = enlarge(array, (h, w))
         lead = array.shape[:-2]
         canvas = np.empty((*lead, self.height, self.width), dtype=array.dtype)
         canvas[...] = np.reshape(fill, np.shape(fill) + (1, 1)) if np.ndim(fill) else fill
         canvas[..., y0:y0 + h, x0:x0 + w] = array
         return canvas
+
+
+def default_geometry(height: int, width: int, cfg: DataConfig) -> Geometry:
+    """What of an image goes through the network when no box is given: the centred crop the
+    model was trained on (`--crop-mode center`, `cfg.size` at the input scale), else the whole
+    image; at the input scale of `cfg`. Validation, evaluate, tune and predict all come through
+    here, so they see the same pixels."""
+    if cfg.crop == "center":
+        return Geometry.centre_crop(height, width, cfg.crop_size * cfg.input_scale).scaled(cfg.input_scale)
+    return Geometry.whole(height, width, cfg.input_scale)

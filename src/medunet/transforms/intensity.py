@@ -44,7 +44,7 @@ def normalise(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
         lo, hi = np.percentile(flat, cfg.percentiles, axis=1)
         x = np.clip(x, lo[:, None, None], hi[:, None, None])
         flat = x.reshape(x.shape[0], -1)
-    if cfg.normalise == "zscore":
+    if cfg.normalise in ("zscore", "auto"):  # auto: what a plan picks for ordinary images
         mean = flat.mean(axis=1, dtype=np.float64)
         std = flat.std(axis=1, dtype=np.float64)
         return ((x - mean[:, None, None]) / np.maximum(std, _EPS)[:, None, None]).astype(np.float32)

@@ -1,0 +1,206 @@
+"""The plan: training settings derived from a dataset's fingerprint and the measured speed of the device.
+
+Every setting the user leaves open (None or "auto" in DataConfig/TrainConfig) is chosen here, each
+with one line of reason; every setting the user gives is kept and marked as theirs. The rules are
+few and stated in pixels, so a user can predict what they do on their own data:
+
+- input scale: the largest of 1, 2, 4 at which the thinnest class is still MIN_THICKNESS pixels
+  thick and the images keep a short side of MIN_SIDE pixels: membranes and vessels stay at full
+  resolution, a lesion 60 pixels thick in a 500-pixel ultrasound is seen at a quarter, whole;
+- crop: the whole (scaled) image when it is not much larger than a 256² crop, else 256;
+- foreground sampling: a third of the crops centred on foreground when it is rare (under
+  RARE_SHARE of the pixels, or absent from most images), as nnU-Net does;
+- length: with a time budget, the epochs that fit, from a timed training step on this device;
+  without one, until validation has not improved for `patience` epochs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from medunet.config import DataConfig, TrainConfig, model_preset
+from medunet.data.fingerprint import Fingerprint
+from medunet.engine import precision as precisions
+from medunet.models.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+SCALES = (1, 2, 4)
+MIN_THICKNESS = 8.0        # pixels a structure keeps at the network's scale
+MIN_SIDE = 96              # pixels of the images' short side at the network's scale
+CROP = 256                 # the crop side when images are larger
+WHOLE_IMAGE_AREA = 1.25 * CROP * CROP  # images up to this many pixels (scaled) train whole
+RARE_SHARE = 0.05          # foreground below this share of the pixels is oversampled
+FOREGROUND_SHARE = 1 / 3   # the oversampling share (nnU-Net's)
+MIN_SAMPLES_PER_EPOCH = 200
+PROBE_STEPS = 2            # timed training steps for the budget estimate
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting: its name, value, who chose it ("plan" or "user") and why."""
+
+    name: str
+    value: Any
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved settings, the choices behind them, and the fingerprint they came from."""
+
+    fingerprint: Fingerprint
+    data: DataConfig
+    train: TrainConfig
+    preset: str
+    batch: int
+    device: str
+    choices: tuple[Choice, ...]
+    seconds_per_epoch: float | None = None  # measured estimate, training + validation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint.to_dict(), "device": self.device,
+                "choices": [asdict(c) for c in self.choices], "seconds_per_epoch": self.seconds_per_epoch,
+                "data": asdict(self.data), "train": asdict(self.train), "preset": self.preset, "batch": self.batch}
+
+    def lines(self) -> list[str]:
+        """The plan as text: the fingerprint, then one line per choice."""
+        return describe_fingerprint(self.fingerprint) + [""] + [
+            f"{c.name:<18} {_show(c.value):<14} {'(yours) ' if c.source == 'user' else ''}{c.reason}"
+            for c in self.choices]
+
+
+def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: torch.device,
+              out_channels: int) -> Plan:
+    """Resolve every open setting of `data` and `train` for a dataset of fingerprint `fp`.
+
+    Args:
+        fp: the training images' fingerprint.
+        data, train: the requested settings; None/"auto" fields are chosen here.
+        device: where training runs (the budget estimate is timed there).
+        out_channels: the network's output channels (1 sigmoid, or C classes).
+    """
+    choices: list[Choice] = []
+
+    def choose(name: str, requested: Any, value: Any, reason: str) -> Any:
+        if requested is not None and requested != "auto":
+            choices.append(Choice(name, requested, "user", "given"))
+            return requested
+        choices.append(Choice(name, value, "plan", reason))
+        return value
+
+    scale = choose("input scale", data.scale, *_scale(fp))
+    size = choose("crop", data.size, *_crop(fp, scale))
+    normalise = choose("normalisation", data.normalise, "zscore",
+                       "per image and channel: mean 0, standard deviation 1")
+    share = choose("foreground crops", data.foreground_share, *_foreground(fp, size, scale))
+    preset = choose("model", train.preset, *_preset(device))
+    batch = choose("batch", train.batch, 32 if device.type == "cuda" else 8,
+                   "what the device trains fastest per image at this size")
+    samples = choose("epoch", train.samples_per_epoch, max(fp.n_images, MIN_SAMPLES_PER_EPOCH),
+                     f"crops per epoch: the training images, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
+    data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
+    train = replace(train, preset=preset, batch=batch, samples_per_epoch=samples)
+    seconds = _seconds_per_epoch(fp, data, train, device, out_channels)
+    choices.append(_length(train, seconds))
+    return Plan(fp, data, train, preset, batch, device.type, tuple(choices), seconds)
+
+
+def _scale(fp: Fingerprint) -> tuple[int, str]:
+    thin, short = fp.thinnest, min(fp.height[1], fp.width[1])
+    if math.isinf(thin):
+        return 1, "no foreground to size: full resolution"
+    best = 1
+    for s in SCALES:
+        if thin / s >= MIN_THICKNESS and short / s >= MIN_SIDE:
+            best = s
+    if best == 1:
+        why = (f"the thinnest class is {thin:.1f} px thick: at 1/2 it would be {thin / 2:.1f} px, under "
+               f"{MIN_THICKNESS:g}" if thin / 2 < MIN_THICKNESS
+               else f"images are {short} px on the short side: at 1/2 under {MIN_SIDE} px")
+        return 1, f"full resolution: {why}"
+    return best, (f"1/{best}: the thinnest class is {thin:.1f} px thick ({thin / best:.1f} px at 1/{best}, "
+                  f"≥ {MIN_THICKNESS:g}); median short side {short} px → {short // best} px")
+
+
+def _crop(fp: Fingerprint, scale: int) -> tuple[int, str]:
+    h, w = math.ceil(fp.height[1] / scale), math.ceil(fp.width[1] / scale)
+    if h * w <= WHOLE_IMAGE_AREA:
+        side = max(16, math.ceil(max(h, w) / 16) * 16)
+        return side, f"whole images: {w}×{h} px at this scale (padded to {side}²), so every crop sees each object whole"
+    extent = fp.largest_extent / scale
+    return CROP, (f"{CROP}² of {w}×{h} px images; large objects span {extent:.0f} px (90th percentile) at this scale")
+
+
+def _foreground(fp: Fingerprint, size: int, scale: int) -> tuple[float, str]:
+    rare = [c for c in fp.classes if c.share < RARE_SHARE or c.present < 0.5]
+    h, w = math.ceil(fp.height[1] / scale), math.ceil(fp.width[1] / scale)
+    if not rare or size * size >= h * w:
+        return 0.0, "random crops: foreground is common enough" if rare == [] else "crops are whole images"
+    c = min(rare, key=lambda c: c.share)
+    return FOREGROUND_SHARE, (f"class {c.index} covers {100 * c.share:.1f}% of the pixels and is in "
+                              f"{100 * c.present:.0f}% of the images: a third of the crops centred on foreground")
+
+
+def _preset(device: torch.device) -> tuple[str, str]:
+    if device.type == "cuda":
+        return "standard", "31 M parameters (base width 64, batch norm): a GPU trains it in minutes"
+    return "small", "1.9 M parameters (base width 16, batch norm): what a CPU trains in minutes"
+
+
+def _length(train: TrainConfig, seconds: float | None) -> Choice:
+    per_epoch = f"~{seconds:.0f} s an epoch here (timed)" if seconds else "epoch time not measured"
+    if train.epochs is not None:
+        return Choice("length", f"{train.epochs} epochs", "user", f"given; {per_epoch}")
+    if train.time_budget is not None:
+        fit = int(train.time_budget // seconds) if seconds else None
+        return Choice("length", f"{fit} epochs" if fit is not None else "budget", "user",
+                      f"as many as fit in {train.time_budget:.0f} s; {per_epoch}")
+    return Choice("length", f"patience {train.patience}", "plan",
+                  f"until validation has not improved for {train.patience} epochs (at most "
+                  f"{train.max_epochs}); {per_epoch}")
+
+
+def _seconds_per_epoch(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: torch.device,
+                       out_channels: int) -> float | None:
+    """Training + validation seconds of one epoch, from a timed training step of the planned model."""
+    model = UNet(model_preset(train.preset, in_channels=fp.channels, out_channels=out_channels))
+    precision, _ = precisions.choose(train.precision, device, model, fp.channels, data.crop_size, train.batch or 8)
+    try:
+        rate = precisions.images_per_second(model, precision, device, fp.channels, data.crop_size,
+                                            train.batch or 8, train=True, steps=PROBE_STEPS)
+    except RuntimeError as exc:  # out of memory on a small GPU: the run itself will say so
+        logger.warning("plan: timing probe failed (%s)", exc)
+        return None
+    train_s = (train.samples_per_epoch or MIN_SAMPLES_PER_EPOCH) / rate
+    # inference costs about a third of a training step per pixel
+    val_pixels = fp.n_validation * fp.height[1] * fp.width[1] / data.input_scale ** 2
+    return train_s + val_pixels / (3 * rate * data.crop_size ** 2)
+
+
+def describe_fingerprint(fp: Fingerprint) -> list[str]:
+    """The fingerprint in a few lines (no file names: they may carry patient names)."""
+    size = (f"{fp.width[1]}×{fp.height[1]}" if fp.height[0] == fp.height[2] and fp.width[0] == fp.width[2]
+            else f"{fp.width[0]}–{fp.width[2]} × {fp.height[0]}–{fp.height[2]} (median {fp.width[1]}×{fp.height[1]})")
+    spacing = f"{fp.spacing[1]:g}×{fp.spacing[0]:g} mm pixels" if fp.spacing else "pixel size unknown"
+    lines = [f"images      {fp.n_images - fp.n_validation} train, {fp.n_validation} validation, {fp.n_test} test; {size} px; "
+             f"{fp.channels} channel(s), {fp.dtype}; {spacing}",
+             f"labels      {fp.encoding}"]
+    if fp.intensity:
+        i = fp.intensity
+        lines.append(f"intensity   0.5–99.5%: {i['p0.5']:.4g}–{i['p99.5']:.4g}, median {i['p50']:.4g}, "
+                     f"mean {i['mean']:.4g} ± {i['std']:.4g}")
+    for c in fp.classes:
+        lines.append(f"class {c.index}     (value {c.value}) in {100 * c.present:.0f}% of images, "
+                     f"{100 * c.share:.1f}% of pixels; {c.objects:g} object(s) per image, median area "
+                     f"{c.area:.0f} px, extent {c.extent:.0f} px (90%: {c.extent_p90:.0f}), thickness {c.thickness:.1f} px")
+    return lines
+
+
+def _show(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
