@@ -146,3 +146,16 @@ def test_dicom_source_labels_as_nifti_keep_the_series_geometry(series: dict, tmp
     np.testing.assert_allclose(itk.GetOrigin(), source.geometry.origin, atol=1e-4)
     np.testing.assert_allclose(itk.GetDirection(), source.geometry.direction, atol=1e-5)
     np.testing.assert_allclose(itk.GetSpacing()[::-1], source.geometry.spacing, rtol=1e-5)
+
+
+def test_a_rescale_that_varies_between_slices_gives_floats(series: dict) -> None:
+    """PET and some MR store each slice with its own slope: no slice may be cut to integers."""
+    for k, slope in ((0, 1.0), (5, 0.25)):
+        ds = pydicom.dcmread(series["files"][k])
+        ds.RescaleSlope = f"{slope:g}"
+        ds.PixelData = np.round((series["image"][k] + 1024.5) / slope).astype("<u2").tobytes()
+        ds.save_as(series["files"][k])
+    volume = read_volume(series["folder"])
+    assert volume.array.dtype == np.float32
+    np.testing.assert_allclose(volume.array[5], series["image"][5] + 0.5)  # 0.25 steps kept
+    np.testing.assert_array_equal(volume.array[1], series["image"][1])

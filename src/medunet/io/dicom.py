@@ -39,6 +39,8 @@ class DicomSeries:
         series_uid, study_uid, frame_of_reference_uid, sop_class_uid: of the source series.
         files: the slice files in array order (files[k] holds array[k]).
         sop_instance_uids: SOPInstanceUID of each slice, in array order.
+        float_pixels: the rescale slope or intercept is fractional or differs between slices,
+            so the pixels decode to float32 (GDCM would take the first slice's integer type).
     """
 
     series_uid: str
@@ -47,6 +49,7 @@ class DicomSeries:
     sop_class_uid: str
     files: tuple[Path, ...]
     sop_instance_uids: tuple[str, ...]
+    float_pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ def read_dicom_header(folder: Path, series_uid: str | None = None) -> tuple[Volu
                          frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
                          sop_class_uid=str(first.SOPClassUID),
                          files=tuple(s.path for s in ordered),
-                         sop_instance_uids=tuple(str(s.header.SOPInstanceUID) for s in ordered))
+                         sop_instance_uids=tuple(str(s.header.SOPInstanceUID) for s in ordered),
+                         float_pixels=_float_rescale(ordered))
     logger.info("%s: DICOM series of %d slices, %s", folder, len(ordered),
                 "×".join(f"{v:.4g}" for v in geometry.spacing) + " mm (z, y, x)")
     return geometry, series
@@ -113,6 +117,8 @@ def read_dicom_array(folder: Path, series: DicomSeries) -> np.ndarray:
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in series.files])  # our order: SimpleITK keeps it
+    if series.float_pixels:
+        reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError:
@@ -252,6 +258,13 @@ def _check_steps(folder: Path, steps: np.ndarray, n: int) -> None:
         else "uneven spacing"
     raise DataError(f"{folder}: slice positions step {typical:.4g} mm except {shown}{more} "
                     f"({hint}); medunet needs evenly spaced slices")
+
+
+def _float_rescale(slices: list[_Slice]) -> bool:
+    """Whether the rescaled pixels need floats: a fractional slope or intercept, or several."""
+    pairs = {(float(s.header.get("RescaleSlope", 1) or 1), float(s.header.get("RescaleIntercept", 0) or 0))
+             for s in slices}
+    return len(pairs) > 1 or any(v != round(v) for pair in pairs for v in pair)
 
 
 def _geometry(ordered: list[_Slice], steps: np.ndarray) -> VolumeGeometry:
