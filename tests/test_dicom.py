@@ -159,3 +159,11 @@ def test_a_rescale_that_varies_between_slices_gives_floats(series: dict) -> None
     assert volume.array.dtype == np.float32
     np.testing.assert_allclose(volume.array[5], series["image"][5] + 0.5)  # 0.25 steps kept
     np.testing.assert_array_equal(volume.array[1], series["image"][1])
+
+
+def test_a_single_slice_takes_its_thickness(tmp_path: Path) -> None:
+    image, _ = phantom()
+    write_dicom_series(tmp_path / "one", image[:1], oblique_geometry(), thickness=4.0)
+    volume = read_volume(tmp_path / "one")
+    assert volume.array.shape == (1, 20, 24)
+    np.testing.assert_allclose(volume.geometry.spacing, (4.0, 0.9, 0.7))

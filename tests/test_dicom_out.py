@@ -88,3 +88,13 @@ def test_unnamed_classes_are_refused(series: dict, tmp_path: Path) -> None:
     source = read_volume_source(series["folder"])
     with pytest.raises(ValueError, match=r"class ids \[2\] have no name"):
         write_rtstruct(tmp_path / "rt.dcm", series["labels"], source, {1: "body"})
+
+
+def test_outputs_written_into_the_series_folder_are_skipped_when_reading(series: dict) -> None:
+    from medunet.io.volumes import read_volume
+
+    source = read_volume_source(series["folder"])
+    write_dicom_seg(series["folder"] / "seg.dcm", series["labels"], source, CLASSES)
+    write_rtstruct(series["folder"] / "rt.dcm", series["labels"], source, CLASSES)
+    again = read_volume(series["folder"])  # SEG is multi-frame, RTSTRUCT has no image plane
+    assert again.source.dicom.files == source.dicom.files
