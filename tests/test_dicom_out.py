@@ -98,3 +98,9 @@ def test_outputs_written_into_the_series_folder_are_skipped_when_reading(series:
     write_rtstruct(series["folder"] / "rt.dcm", series["labels"], source, CLASSES)
     again = read_volume(series["folder"])  # SEG is multi-frame, RTSTRUCT has no image plane
     assert again.source.dicom.files == source.dicom.files
+
+
+def test_labels_must_be_unsigned_class_ids(series: dict, tmp_path: Path) -> None:
+    source = read_volume_source(series["folder"])
+    with pytest.raises(ValueError, match="unsigned integers"):
+        write_dicom_seg(tmp_path / "seg.dcm", series["labels"] > 0, source, CLASSES)

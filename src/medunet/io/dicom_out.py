@@ -27,6 +27,7 @@ from medunet.io.outputs import atomic_target
 logger = logging.getLogger(__name__)
 
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_SERIES_NUMBER, RTSTRUCT_SERIES_NUMBER = 901, 902  # apart from a scanner's own (1, 2, ...)
 _STUDY_REFERENCE = "1.2.840.10008.3.1.2.3.1"  # RTReferencedStudy's SOP class, as written by RT systems
 _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                   "StudyDate", "StudyTime", "StudyID", "ReferringPhysicianName", "AccessionNumber")
@@ -39,13 +40,14 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source, class_names: dict[in
 
     Args:
         path: the output file (".dcm").
-        labels: (Z, Y, X) class ids on the source's grid (0 background).
+        labels: (Z, Y, X) uint8/uint16 class ids on the source's grid (0 background).
         source: the `Volume` or `VolumeSource` of a DICOM series.
         class_names: {class id: name} for the ids > 0; segments are numbered 1, 2, ... in id order.
 
     Raises:
         ConfigError: the source is not a DICOM series.
-        ValueError: a shape that is not the source's, or ids without a name.
+        ValueError: a shape that is not the source's, labels that are not unsigned integers, or
+            ids without a name.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -53,7 +55,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source, class_names: dict[in
     from medunet import __version__
 
     source, classes = _checked(path, labels, source, class_names, "--dicom-seg")
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint16)
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint8 if len(classes) < 256 else np.uint16)
     for number, (class_id, _) in enumerate(classes, start=1):
         if class_id < len(lut):
             lut[class_id] = number  # segment numbers must run 1..n; class ids need not
@@ -66,7 +68,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, source, class_names: dict[in
     seg = hd.seg.Segmentation(
         source_images=_source_datasets(source), pixel_array=lut[labels],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
-        series_instance_uid=hd.UID(), series_number=_series_number(), sop_instance_uid=hd.UID(),
+        series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer="medunet", manufacturer_model_name="medunet",
         software_versions=__version__, device_serial_number="none", content_label="MEDUNET",
         content_description="medunet segmentation")
@@ -95,7 +97,7 @@ def write_rtstruct(path: Path, labels: np.ndarray, source, class_names: dict[int
         setattr(ds, key, first.get(key, ""))
     now = datetime.datetime.now()
     ds.SOPClassUID, ds.Modality, ds.SeriesInstanceUID = RTSTRUCT_STORAGE, "RTSTRUCT", generate_uid()
-    ds.SeriesNumber, ds.InstanceNumber, ds.OperatorsName = _series_number(), 1, ""
+    ds.SeriesNumber, ds.InstanceNumber, ds.OperatorsName = RTSTRUCT_SERIES_NUMBER, 1, ""
     ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "medunet", "medunet", __version__
     ds.StructureSetLabel, ds.StructureSetName = "medunet", "medunet"
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -116,7 +118,10 @@ def _checked(path, labels: np.ndarray, source, class_names: dict[int, str], opti
         raise ConfigError(f"{source.path}: {option} needs a DICOM series as input, not a {source.format} file")
     if tuple(labels.shape) != tuple(source.geometry.shape):
         raise ValueError(f"{path}: labels of shape {labels.shape} for a series of {source.geometry.shape}")
-    unnamed = sorted(set(np.unique(labels).tolist()) - set(class_names) - {0})
+    if labels.dtype.kind != "u":
+        raise ValueError(f"{path}: labels must be unsigned integers, got {labels.dtype}")
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))  # no sort of the whole volume
+    unnamed = sorted(set(present.tolist()) - set(class_names) - {0})
     if unnamed:
         raise ValueError(f"{path}: class ids {unnamed} have no name in class_names")
     return source, sorted((int(k), str(v)) for k, v in class_names.items() if int(k) > 0)
@@ -128,10 +133,6 @@ def _source_datasets(source, first_only: bool = False) -> list:
 
     files = source.dicom.files[:1] if first_only else source.dicom.files
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-
-
-def _series_number() -> int:
-    return 9000 + datetime.datetime.now().second  # apart from the scanner's own numbers (1, 2, ...)
 
 
 def _frame_reference(series) -> object:
