@@ -85,7 +85,7 @@ def read_image(path: Path) -> np.ndarray:
     path = Path(path)
     raw = _read_raw(path, palette_indices=False)
     array = _drop_alpha(_channel_last(raw.array, path), path)
-    return _check_values(_normalise_dtype(array, path), path)
+    return check_values(normalise_dtype(array, path), path)
 
 
 def read_label(path: Path) -> LabelFile:
@@ -111,16 +111,26 @@ def read_label(path: Path) -> LabelFile:
             raise DataError(f"{path}: colour label with different R, G, B values; "
                             "save class ids or a grey mask")
         array = array[..., 0]
-    array = _check_values(_normalise_dtype(array, path), path)
-    if array.dtype.kind == "f":
-        if not np.array_equal(array, np.round(array)):
-            raise DataError(f"{path}: float label with non-integer values; save class ids or a mask")
-        lo, hi = float(array.min()), float(array.max())
-        if lo < -2**31 or hi >= 2**31:  # checked before the cast, which would wrap silently
-            raise DataError(f"{path}: label values between {lo:g} and {hi:g} do not fit 32-bit integers")
-        array = _smallest_int(array.astype(np.int64), path)
+    array = integer_labels(check_values(normalise_dtype(array, path), path), path)
     return LabelFile(path=path, values=np.ascontiguousarray(array), lossy=raw.lossy, palette=raw.palette,
                      colours=raw.colours if raw.palette else None)
+
+
+def integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """A label array of any shape as integers: floats holding whole numbers (labels saved as float32)
+    become uint8, uint16 or int32; integer arrays pass unchanged.
+
+    Raises:
+        DataError: non-integer float values, or values beyond 32-bit integers.
+    """
+    if array.dtype.kind != "f":
+        return array
+    if not np.array_equal(array, np.round(array)):
+        raise DataError(f"{path}: float label with non-integer values; save class ids or a mask")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -2**31 or hi >= 2**31:  # checked before the cast, which would wrap silently
+        raise DataError(f"{path}: label values between {lo:g} and {hi:g} do not fit 32-bit integers")
+    return _smallest_int(array, path)
 
 
 def _read_raw(path: Path, *, palette_indices: bool) -> _Raw:
@@ -289,7 +299,7 @@ def _drop_alpha(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def _normalise_dtype(array: np.ndarray, path: Path) -> np.ndarray:
+def normalise_dtype(array: np.ndarray, path: Path) -> np.ndarray:
     """Bring any stored dtype to uint8, uint16, int16, int32 or float32."""
     kind, size = array.dtype.kind, array.dtype.itemsize
     if kind == "b":
@@ -298,7 +308,7 @@ def _normalise_dtype(array: np.ndarray, path: Path) -> np.ndarray:
         if size > 4 and array.size and np.isfinite(array).all() \
                 and np.abs(array).max() > np.finfo(np.float32).max:
             raise DataError(f"{path}: pixel values up to {np.abs(array).max():g} exceed 32-bit float")
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=False)  # a float32 volume is not copied
     if (kind, size) in (("u", 1), ("u", 2), ("i", 2), ("i", 4)):
         return array.astype(array.dtype.newbyteorder("="), copy=False)
     if kind == "i" and size == 1:
@@ -318,7 +328,7 @@ def _smallest_int(array: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: pixel values between {lo} and {hi} do not fit 32-bit integers")
 
 
-def _check_values(array: np.ndarray, path: Path) -> np.ndarray:
+def check_values(array: np.ndarray, path: Path) -> np.ndarray:
     if array.size == 0:
         raise DataError(f"{path}: image has no pixels (shape {array.shape})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
