@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from medunet.data.pairs import dataset_splits, looks_grouped, split_train_val, w
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import precision as precisions
 from medunet.engine.device import resolve_device
-from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.checkpoint import Checkpoint, load_checkpoint
+from medunet.engine.metadata import preset_name
 from medunet.engine.precision import Precision
 from medunet.engine.trainer import Job, TrainingInterrupted, fit
 from medunet.io.outputs import remove_stale_temporaries
 from medunet.models.unet import UNet, count_parameters
 from medunet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
+from medunet.surface import pixel_spacing
 from medunet.transforms.intensity import is_colour
 
 logger = logging.getLogger(__name__)
@@ -84,42 +87,95 @@ def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
 
 def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
           cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
-          overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+          overwrite: bool = False, resume: bool = False, progress: bool = True, init: Path | None = None) -> Path:
     """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder.
 
     `resume` continues the run in `out` after the last completed epoch of its `last.pt`; `cfg`'s
-    epochs and time budget, when given, replace the stored ones (to train further).
+    epochs and time budget, when given, replace the stored ones (to train further). `init` (a run
+    folder or checkpoint, e.g. an imported Keras model) gives the network and its first weights,
+    and, when `data_cfg` is None, its normalisation (`init_preprocessing`).
     """
     cfg = cfg or TrainConfig()
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out RUN (the run folder to continue)")
         return _resume(Path(out), cfg, progress)
-    data_cfg = data_cfg or DataConfig()
+    start = load_checkpoint(Path(init)) if init is not None else None
+    data_cfg = data_cfg or (DataConfig(**init_preprocessing(start)) if start else DataConfig())
     out = Path(out) if out is not None else _default_run(Path(data))
     _check_run_folder(out, overwrite)
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
     dataset = load_dataset(Path(data), data_cfg, cfg.seed)
     data_cfg = dataset.data_cfg
-    preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
-    n = dataset.encoding.n_classes
-    model_cfg = model_preset(preset, in_channels=data_cfg.channels, out_channels=1 if n == 2 else n)
-    torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
-    model = UNet(model_cfg)
+    model, preset, origin = _initial_model(cfg, device, dataset, start, init)
     batch = cfg.batch or (32 if device.type == "cuda" else 8)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
                 len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.channels)
     precision, speeds = choose_precision(cfg, device, model, data_cfg, batch)
-    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", preset,
-                f"{count_parameters(model):,}", device, batch, precision.name)
+    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s%s", preset,
+                f"{count_parameters(model):,}", device, batch, precision.name,
+                f", weights from {init}" if init is not None else "")
     clear(out)
-    _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch,
+    _write_run_files(out, dataset, data_cfg, cfg, model.cfg, augment, preset, batch,
                      {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
-                      "measured_images_per_s": speeds})
+                      "measured_images_per_s": speeds}, origin)
     job = Job(out, data_cfg, augment, dataset.encoding, device, batch, progress, area_stats(dataset.train),
-              precision)
+              precision, data_summary(dataset), origin)
     return _fit(model, (dataset.train, dataset.val), cfg, job)
+
+
+def init_preprocessing(start: Path | Checkpoint) -> dict:
+    """The normalisation `train --init` keeps unless the user gives another: the one the starting
+    weights (a run folder, checkpoint or Checkpoint) were trained with (for an imported Keras model
+    the tutorial's x / 255)."""
+    d = (start if isinstance(start, Checkpoint) else load_checkpoint(Path(start))).data_config
+    return {"normalise": d.normalise, "window": d.window, "percentiles": d.percentiles}
+
+
+def _initial_model(cfg: TrainConfig, device: torch.device, dataset: Dataset, start: Checkpoint | None,
+                   init: Path | None) -> tuple[UNet, str, dict]:
+    """The network to train, the name of its preset and where its first weights came from.
+
+    Without `start`: the preset's network with seeded random weights. With it: its network and
+    weights, which must take the data's channels and give its classes.
+    """
+    n = dataset.encoding.n_classes
+    channels = {"in_channels": dataset.data_cfg.channels, "out_channels": 1 if n == 2 else n}
+    torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
+    if start is None:
+        preset = cfg.preset if cfg.preset != "auto" else ("standard" if device.type == "cuda" else "small")
+        return UNet(model_preset(preset, **channels)), preset, {}
+    if cfg.preset != "auto":
+        raise ConfigError(f"--init {init} gives the network; --preset {cfg.preset} would choose another: give one")
+    have = {"in_channels": start.model_config.in_channels, "out_channels": start.model_config.out_channels}
+    if have != channels:
+        raise ConfigError(f"{init}: its network takes {have['in_channels']} channel(s) and gives "
+                          f"{have['out_channels']} output(s); the data need {channels['in_channels']} and "
+                          f"{channels['out_channels']} ({dataset.encoding.describe(why=False)})")
+    origin = {"kind": "init", "from": str(Path(init).resolve()), "version": start.version, "origin": start.origin,
+              "val_dice": start.train.get("val_dice")}
+    return start.build_model(), preset_name(start.model_config), origin
+
+
+def data_summary(dataset: Dataset) -> dict:
+    """What the model was trained on, for its model card: counts, image sizes (W×H), channels, the
+    labels and the pixel spacing when every training image has the same one. Never file names:
+    they may carry patients' names."""
+    sizes = Counter(f"{im.shape[-1]}×{im.shape[-2]}" for im in dataset.train.images + dataset.val.images)
+    spacings = {_spacing_or_none(pair.image) for pair in dataset.splits["train"]}
+    spacing = spacings.pop() if len(spacings) == 1 else None
+    return {"train": len(dataset.train), "validation": len(dataset.val), "test": len(dataset.splits.get("test", [])),
+            "channels": dataset.data_cfg.channels, "labels": dataset.encoding.describe(why=False),
+            "sizes": dict(sizes.most_common(5)), "distinct_sizes": len(sizes),
+            "spacing_mm": list(spacing) if spacing else None}
+
+
+def _spacing_or_none(path: Path) -> tuple[float, float] | None:
+    try:
+        return pixel_spacing(path)
+    except DataError:  # unreadable tags on a file whose pixels read: no spacing, as for a PNG
+        return None
 
 
 def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_cfg: DataConfig,
@@ -177,7 +233,7 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
     precision = choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0]
     job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
-              stored["batch"], progress, ckpt.area_stats, precision)
+              stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin)
     logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
 
@@ -191,11 +247,12 @@ def _default_run(data: Path) -> Path:
     return candidate
 
 
-def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch, precision) -> None:
+def _write_run_files(out, dataset, data_cfg, cfg, model_cfg, augment, preset, batch, precision, origin) -> None:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {
         "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": preset,
         "batch": batch, "precision": precision, "data": to_dict(data_cfg), "model": to_dict(model_cfg),
         "train": to_dict(cfg), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
+        "origin": origin,
     })
     write_split(out / "split.json", dataset.splits, data_cfg.group_by)
