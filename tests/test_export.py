@@ -200,6 +200,12 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run: Path, tmp_path: Path, capsys
         capsys, ["export", str(tiny_run), "--format", "torchscript", "--fp16"])
     assert "--engine must be" in _error_line(capsys, ["predict", str(tiny_run), str(images), "--out",
                                                       str(tmp_path / "o"), "--engine", "tensorrt"])
+    script = export(tiny_run, "torchscript", tmp_path / "m.pt")
+    assert "a TorchScript export" in _error_line(capsys, ["predict", str(script), str(images), "--out",
+                                                          str(tmp_path / "o")])
+    assert "--precision bf16 applies to the torch engine" in _error_line(
+        capsys, ["predict", str(tiny_run), str(images), "--out", str(tmp_path / "o"), "--engine", "onnxruntime",
+                 "--precision", "bf16"])
 
 
 def test_missing_onnxruntime_is_one_line(tiny_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:

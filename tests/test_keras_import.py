@@ -150,3 +150,9 @@ def test_init_with_other_channels_is_refused(keras_files: Path, disc_data: Path,
     assert main(["-q", "train", str(disc_data), "--out", str(tmp_path / "t"), "--init", str(run), "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "takes 3 channel(s) and gives 3 output(s)" in err
+
+
+def test_init_and_resume_together_are_refused(disc_data: Path, tmp_path: Path, capsys) -> None:
+    assert main(["-q", "train", str(disc_data), "--out", str(tmp_path / "t"), "--init", str(tmp_path / "x"),
+                 "--resume"]) == 2
+    assert "--resume continues this one: give one" in capsys.readouterr().err

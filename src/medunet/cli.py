@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_augment(sub.add_parser("augment", parents=[common], help="write augmented copies of a split (augment-to-N)"))
     _add_tune(sub.add_parser("tune", parents=[common], help="choose threshold and clean-up on validation data"))
     _add_report(sub.add_parser("report", parents=[common], help="one HTML page: config, curves, metrics, overlays"))
-    _add_export(sub.add_parser("export", parents=[common], help="the network as ONNX or TorchScript, with its metadata"))
+    _add_export(sub.add_parser("export", parents=[common],
+                               help="the network as ONNX or TorchScript, with its metadata"))
     _add_import_keras(sub.add_parser("import-keras", parents=[common],
                                      help="a Keras model of the tutorial's U-Net (.h5/.hdf5) → a run folder"))
     _add_info(sub.add_parser("info", parents=[common], help="the model card of a run, checkpoint or export"))
@@ -242,7 +243,8 @@ def _train(args: argparse.Namespace, progress: bool) -> None:
 
     normalise = _normalisation(args)
     chosen = {"normalise": normalise or "zscore", "window": args.window, "percentiles": args.percentiles or (0.5, 99.5)}
-    if normalise is None and args.init is not None:  # the starting weights' preprocessing (Keras: x / 255)
+    if normalise is None and args.init is not None and not args.resume:
+        # the starting weights' preprocessing (an imported Keras model: x / 255)
         chosen = init_preprocessing(args.init)
     data_cfg = DataConfig(size=args.size, **chosen, crop=args.crop_mode, crop_margin=args.crop_margin,
                           foreground_share=args.foreground_share, label_mode=args.label_mode, group_by=args.group_by)

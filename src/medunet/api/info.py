@@ -125,7 +125,8 @@ def _describe_data(data: dict[str, Any]) -> str:
     sizes = data.get("sizes")
     if sizes:
         more = data.get("distinct_sizes", len(sizes)) - len(sizes)
-        counts += "; sizes " + ", ".join(f"{size} ({n})" for size, n in sizes.items()) + (f" and {more} more" if more > 0 else "")
+        counts += "; sizes (W×H) " + ", ".join(f"{size} ({n})" for size, n in sizes.items())
+        counts += f" and {more} more" if more > 0 else ""
     if data.get("spacing_mm"):
         counts += "; spacing {:g} × {:g} mm".format(*data["spacing_mm"])
     return counts

@@ -96,6 +96,8 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     and, when `data_cfg` is None, its normalisation (`init_preprocessing`).
     """
     cfg = cfg or TrainConfig()
+    if resume and init is not None:
+        raise ConfigError("--init starts a new run from other weights; --resume continues this one: give one")
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out RUN (the run folder to continue)")

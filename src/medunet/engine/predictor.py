@@ -16,10 +16,11 @@ from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
 from medunet.engine import precision as precisions
 from medunet.engine.device import keep_freed_memory, resolve_device
+from medunet.engine.export import read_torchscript_metadata
 from medunet.engine.network import Network, TorchNetwork, resolve_engine, to_probabilities
 from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
-from medunet.errors import ConfigError
+from medunet.errors import CheckpointError, ConfigError
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry
 from medunet.transforms.intensity import normalise
@@ -69,6 +70,9 @@ class Predictor:
         source = Path(source)
         if source.suffix.lower() == ".onnx":
             return cls.from_onnx(source, cfg)
+        if source.is_file() and read_torchscript_metadata(source) is not None:
+            raise CheckpointError(f"{source}: a TorchScript export, for runtimes without medunet; predict from "
+                                  "its run folder, its checkpoint or an .onnx export")
         return cls.from_checkpoint(source, cfg)
 
     @classmethod
