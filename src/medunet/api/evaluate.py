@@ -22,21 +22,22 @@ CHUNK = 16  # images decoded at a time: bounded memory for large folders
 
 def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: bool = False,
              spacing: tuple[float, float] | None = None, **options) -> dict:
-    """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
+    """Per-image and summary metrics of the run's best checkpoint (or a checkpoint, or an exported
+    `.onnx` file) on `split_dir` (image/ + label/).
 
     Returns the summary dict (undefined means are NaN); writes `metrics.csv` (NaN cells as `nan`),
     `summary.json` (NaN as null) and the predicted masks (`masks/<stem>.png`, in the labels'
     encoding) into `out` (default `RUN/eval-<split name>`). `spacing` is the (row, column) pixel
     size in mm for HD95 and ASSD of every image; without it, mm only when every image's file stores
     a physical pixel size (`medunet.surface.pixel_spacing`), else pixels for all. `options` are
-    PredictConfig fields (device, threshold, tta, max_size, ...).
+    PredictConfig fields (device, engine, threshold, tta, max_size, ...).
     """
     run, split_dir = Path(run), Path(split_dir)
     given = parse_spacing(spacing) if spacing is not None else None
-    predictor = Predictor.from_checkpoint(run, PredictConfig(**options))
+    predictor = Predictor.load(run, PredictConfig(**options))
     pairs = find_pairs(split_dir)
     spacings = dict(zip((p.stem for p in pairs), split_spacings([_file_spacing(p) for p in pairs], given)))
-    out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
+    out = Path(out) if out is not None else _run_folder(run) / f"eval-{split_dir.resolve().name}"
     n_classes = predictor.encoding.n_classes
     rows, all_counts = [], []
     with staged_folder(out, overwrite, "evaluation folder") as stage:
@@ -60,6 +61,14 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
     logger.info("evaluation written to %s", out)
     summary["out"] = str(out)
     return summary
+
+
+def _run_folder(run: Path) -> Path:
+    """Where evaluations go by default: the run folder, also for its checkpoint (RUN/checkpoints/best.pt);
+    beside any other checkpoint or export."""
+    if run.is_dir():
+        return run
+    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
 
 
 def _file_spacing(pair: Pair) -> tuple[float, float] | None:

@@ -32,11 +32,12 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     Masks use the training labels' encoding (0/255, 0/1 or class ids). Only a box of each image
     goes through the network when asked — `crop` (PredictConfig: centred N×N), `crop_box`
     (X, Y, W, H for every image) or `boxes` (a CSV of stem,x,y,w,h) — and the result is pasted
-    back into a full-size background canvas. `options` are PredictConfig fields.
+    back into a full-size background canvas. `run` is a run folder, a checkpoint or an exported
+    `.onnx` file (which needs no run folder). `options` are PredictConfig fields (engine, tta, ...).
     `flags.csv` lists images whose prediction is empty or whose area is unusual for the training data.
     """
     cfg = PredictConfig(**options)
-    predictor = Predictor.from_checkpoint(Path(run), cfg)
+    predictor = Predictor.load(Path(run), cfg)
     paths = list(images_by_stem(Path(images_dir)).values())  # one mask per stem: clashes refused
     box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []

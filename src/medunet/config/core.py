@@ -16,6 +16,7 @@ T = TypeVar("T")
 NORMALISATIONS = ("auto", "zscore", "minmax", "window", "percentile")
 CROPS = ("random", "center", "label_box")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ENGINES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,10 @@ class PredictConfig:
     fill_holes: bool | None = None
     min_size: int | None = None
     precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
+    engine: str = "auto"                 # auto | torch | onnxruntime: what runs the network
 
     def __post_init__(self) -> None:
+        _check(self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         _check(self.threshold is None or 0.0 < self.threshold < 1.0,
                f"--threshold must be in (0, 1), got {self.threshold}")
         _check(self.crop is None or self.crop >= 8, f"--crop must be at least 8, got {self.crop}")

@@ -16,8 +16,11 @@ from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
 from medunet.engine import precision as precisions
 from medunet.engine.device import keep_freed_memory, resolve_device
+from medunet.engine.export import read_torchscript_metadata
+from medunet.engine.network import Network, TorchNetwork, resolve_engine, to_probabilities
 from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
+from medunet.errors import CheckpointError, ConfigError
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry, default_geometry
 from medunet.transforms.preprocess import preprocess
@@ -46,11 +49,11 @@ class Predictor:
     Probabilities are `(K, H, W)` float32: K = 1 (foreground, sigmoid) or K = C classes (softmax).
     """
 
-    def __init__(self, model: UNet, data_cfg: DataConfig, encoding: LabelEncoding, device: torch.device,
-                 cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
+    def __init__(self, network: UNet | Network, data_cfg: DataConfig, encoding: LabelEncoding,
+                 device: torch.device, cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
                  area_stats: dict | None = None, precision: Precision | None = None) -> None:
-        self.model = model
-        self.precision = precision or Precision()
+        # A bare UNet (training's validation, tests) runs on the torch engine in `precision`.
+        self.network: Network = TorchNetwork(network, device, precision) if isinstance(network, UNet) else network
         self.data_cfg = data_cfg
         self.encoding = encoding
         self.device = device
@@ -62,26 +65,59 @@ class Predictor:
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
     @classmethod
+    def load(cls, source: Path, cfg: PredictConfig | None = None) -> "Predictor":
+        """A run folder, a checkpoint or an exported `.onnx` file → its Predictor on `cfg.engine`."""
+        source = Path(source)
+        if source.suffix.lower() == ".onnx":
+            return cls.from_onnx(source, cfg)
+        if source.is_file() and read_torchscript_metadata(source) is not None:
+            raise CheckpointError(f"{source}: a TorchScript export, for runtimes without medunet; predict from "
+                                  "its run folder, its checkpoint or an .onnx export")
+        return cls.from_checkpoint(source, cfg)
+
+    @classmethod
     def from_checkpoint(cls, path: Path | Checkpoint, cfg: PredictConfig | None = None,
                         precision: Precision | None = None) -> "Predictor":
-        """The checkpoint's model on `cfg.device`, in `precision` when given (training passes its own,
-        so tuning sees what validation saw), else in what `cfg.precision` resolves to here."""
+        """The checkpoint's model on `cfg.device` and `cfg.engine`. On torch, in `precision` when
+        given (training passes its own, so tuning sees what validation saw), else in what
+        `cfg.precision` resolves to here; on ONNX Runtime, exported in memory (nothing is written)."""
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
         cfg = cfg or PredictConfig()
         dev = resolve_device(cfg.device)
         if dev.type == "cpu":
             keep_freed_memory()
         model = ckpt.build_model()
+        post = PostprocessConfig.from_dict(ckpt.postprocess)
+        # Training hands its precision to tuning, which must see what validation saw: torch then.
+        engine = "torch" if precision is not None else resolve_engine(cfg.engine, dev, cfg.precision)
+        if engine == "onnxruntime":
+            from medunet.engine import onnx_engine  # onnxruntime is an optional extra
+
+            onnx_engine.check_precision(cfg.precision)
+            network = onnx_engine.OnnxNetwork.from_module(model, dev)
+            return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg, post, ckpt.area_stats)
         if precision is None:
             precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.crop_size,
                                              cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
-        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
-                   ckpt.area_stats, precision)
+        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, post, ckpt.area_stats, precision)
+
+    @classmethod
+    def from_onnx(cls, path: Path, cfg: PredictConfig | None = None) -> "Predictor":
+        """An ONNX file medunet exported: everything but the network comes from its metadata."""
+        from medunet.engine import onnx_engine
+
+        cfg = cfg or PredictConfig()
+        if cfg.engine == "torch":
+            raise ConfigError(f"{path}: an ONNX file runs on --engine onnxruntime (or auto), not torch")
+        onnx_engine.check_precision(cfg.precision)
+        network, ckpt = onnx_engine.load(Path(path), resolve_device(cfg.device))
+        return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg,
+                   PostprocessConfig.from_dict(ckpt.postprocess), ckpt.area_stats)
 
     @property
     def sigmoid(self) -> bool:
-        return self.model.cfg.out_channels == 1
+        return self.network.cfg.out_channels == 1
 
     def predict_normalised(self, inputs: list[np.ndarray]) -> list[Output]:
         """Normalised inputs `(C, H, W)` → outputs at the same size; equal sizes share batches.
@@ -92,19 +128,14 @@ class Predictor:
         for i, x in enumerate(inputs):
             by_shape[x.shape].append(i)
         out: list[Output] = [Output(np.empty(0))] * len(inputs)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for shape, indices in by_shape.items():
-                    step = 1 if max(shape[-2:]) > self.cfg.max_size else self._batch_for(shape[-2:])
-                    for start in range(0, len(indices), step):
-                        chunk = indices[start:start + step]
-                        results = self._run(np.stack([inputs[i] for i in chunk]))
-                        for i, result in zip(chunk, results):
-                            out[i] = result
-        finally:
-            self.model.train(was_training)
+        with self.network.evaluating(), torch.inference_mode():
+            for shape, indices in by_shape.items():
+                step = 1 if max(shape[-2:]) > self.cfg.max_size else self._batch_for(shape[-2:])
+                for start in range(0, len(indices), step):
+                    chunk = indices[start:start + step]
+                    results = self._run(np.stack([inputs[i] for i in chunk]))
+                    for i, result in zip(chunk, results):
+                        out[i] = result
         return out
 
     def _batch_for(self, hw: tuple[int, ...]) -> int:
@@ -115,7 +146,7 @@ class Predictor:
 
     def _run(self, batch: np.ndarray) -> list[Output]:
         """`(B, C, H, W)` → B outputs, averaging over the TTA flips."""
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.precision.memory_format)
+        x = torch.from_numpy(batch).to(self.device)
         members = []
         for dims in TTA_FLIPS[self.cfg.tta]:
             xf = torch.flip(x, dims) if dims else x
@@ -128,7 +159,7 @@ class Predictor:
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         if max(x.shape[-2:]) > self.cfg.max_size:
-            m = self.model.cfg.multiple
+            m = self.network.cfg.multiple
             tile = max(m, self.cfg.max_size // m * m)
             return sliding_window_inference(x, (tile, tile), sw_batch_size=self._batch_for((tile, tile)),
                                             predictor=self._forward,
@@ -136,10 +167,7 @@ class Predictor:
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast(self.device):
-            logits = self.model(x)
-        logits = logits.float()
-        return torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
+        return to_probabilities(self.network(x))
 
     def outputs(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[Output]:
         """Raw images `(H, W)` / `(H, W, 3)` → outputs at each image's full size.
@@ -170,7 +198,7 @@ class Predictor:
         return [o.probs for o in self.outputs(images, geometries)]
 
     def _background(self) -> np.ndarray:
-        k = self.model.cfg.out_channels
+        k = self.network.cfg.out_channels
         return np.zeros(1, np.float32) if k == 1 else np.eye(k, dtype=np.float32)[0]
 
     @property

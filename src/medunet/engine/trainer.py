@@ -54,6 +54,8 @@ class Job:
     progress: bool = True
     area_stats: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=Precision)
+    data_summary: dict = field(default_factory=dict)   # counts and sizes, for the model card
+    origin: dict = field(default_factory=dict)         # where the first weights came from (--init)
 
 
 @dataclass
@@ -315,15 +317,17 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
         state.lr_drops += 1  # a plateau: the patience rule halves the learning rate
     weights = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
     ckpt_dir = job.run_dir / "checkpoints"
+
+    def checkpoint(train: dict) -> Checkpoint:
+        return Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights, train=train,
+                          area_stats=job.area_stats, data_summary=job.data_summary, origin=job.origin)
+
     if improved:
-        save_checkpoint(ckpt_dir / "best.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                         train=dict(epoch=state.epoch, val_dice=val_dice),
-                                                         area_stats=job.area_stats))
+        save_checkpoint(ckpt_dir / "best.pt", checkpoint(dict(epoch=state.epoch, val_dice=val_dice)))
     write_history(job.run_dir / "history.csv", state.history)
     plot_history(state.history, job.run_dir / "curves.png")
     # last.pt goes last: once it names epoch N, everything of epoch N is on disk.
-    save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                     train=_snapshot(loop, state, cfg), area_stats=job.area_stats))
+    save_checkpoint(ckpt_dir / "last.pt", checkpoint(_snapshot(loop, state, cfg)))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
     if cfg.epochs is None and cfg.time_budget is None:
         budget = f" (best {state.best_epoch}, patience {cfg.patience})"

@@ -85,9 +85,9 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         m = self.cfg.multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        # Padded even by zero rows: a branch on the size would be frozen into an exported graph at
+        # the size it was traced with (ONNX, TorchScript), and odd sizes would then fail there.
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
         skips = []
         for level, block in enumerate(self.down):
             if level:

@@ -51,3 +51,21 @@ def normalise(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
     lo, hi = flat.min(axis=1), flat.max(axis=1)  # minmax, and percentile after clipping
     scale = np.maximum(hi - lo, _EPS)
     return ((x - lo[:, None, None]) / scale[:, None, None]).astype(np.float32)  # to [0, 1]
+
+
+def describe_normalisation(cfg: DataConfig) -> str:
+    """What `normalise` computes for `cfg`, as a formula a user can reproduce outside medunet."""
+    channels = ("1 channel: a colour image is averaged to grey" if cfg.channels == 1
+                else "3 channels, RGB: a grey image is repeated")
+    if cfg.normalise == "window":
+        lo, hi = cfg.window  # type: ignore[misc]
+        formula = f"(clip(x, {lo:g}, {hi:g}) - {lo:g}) / {hi - lo:g}"
+    elif cfg.normalise == "zscore":
+        formula = f"(x - mean) / max(std, {_EPS:g}), mean and std over the whole image, per channel"
+    else:
+        formula = f"(x - min) / max(max - min, {_EPS:g}), over the whole image, per channel"
+        if cfg.normalise == "percentile":
+            p_lo, p_hi = cfg.percentiles
+            formula = (f"x clipped to its {p_lo:g}th and {p_hi:g}th percentiles (whole image, per channel), "
+                       f"then {formula}")
+    return f"{cfg.normalise}: x float32 as stored (no rescaling of 8/16-bit values), {formula}; {channels}"
