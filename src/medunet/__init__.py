@@ -27,14 +27,15 @@ _WHERE = {
 
 
 def load_model(path: Any, device: str = "auto", engine: str = "auto") -> Any:
-    """A run folder, checkpoint or exported `.onnx` file → a Predictor (`.network`, `.predict(image)`,
-    `.probabilities(images)`); `engine` is auto, torch or onnxruntime."""
+    """A run folder, checkpoint, exported `.onnx` file, cross-validated or ensemble run → what
+    predicts with it (`.predict(image)`, `.probabilities(images)`; a single model also has
+    `.network`); `engine` is auto, torch or onnxruntime."""
     from pathlib import Path
 
     from medunet.config import PredictConfig
-    from medunet.engine.predictor import Predictor
+    from medunet.engine.ensemble import load_segmenter
 
-    return Predictor.load(Path(path), PredictConfig(device=device, engine=engine))
+    return load_segmenter(Path(path), PredictConfig(device=device, engine=engine))
 
 
 def __getattr__(name: str) -> Any:

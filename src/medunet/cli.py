@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub.add_parser("train", parents=[common], help="train a U-Net on DATA/train (and validation/)"))
     _add_plan(sub.add_parser("plan", parents=[common], help="the settings train would choose for DATA, with reasons"))
+    _add_ensemble(sub.add_parser("ensemble", parents=[common],
+                                 help="combine cross-validated runs, choosing the members by out-of-fold Dice"))
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
@@ -82,6 +84,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", type=Path, metavar="RUN",
                    help="start from the network and weights of RUN (a run, checkpoint or imported Keras model); "
                         "its normalisation is kept unless --normalise/--window/--percentiles is given")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="cross-validate: K folds (whole --group-by groups, else cases) inside the one budget; "
+                        "predict then averages the folds")
+
+
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", type=Path, nargs="+", help="cross-validated runs (trained with --folds) of the same data")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble run folder")
+    p.add_argument("--overwrite", action="store_true")
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -104,6 +115,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                         "full size (default: the plan's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--deep-supervision", action="store_true",
+                   help="also train 1×1 heads at 1/2 and 1/4 resolution (nnU-Net's deep supervision)")
+    p.add_argument("--ema", type=float, default=0.0, help="decay per step of an average of the weights that is "
+                                                           "validated and saved (e.g. 0.99; 0: off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", default="default", help="augmentation preset")
@@ -165,7 +180,21 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-largest", type=int, metavar="K", help="keep the K largest objects of each class (0: off)")
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes in objects (or not)")
     p.add_argument("--min-size", type=int, metavar="PX", help="remove objects under PX pixels (0: off)")
+    p.add_argument("--folds", type=_folds, metavar="K,K",
+                   help="a cross-validated run: average only these folds, e.g. 0,2 (default: all)")
+    p.add_argument("--fast", action="store_true",
+                   help="a cross-validated run: its best fold alone, without TTA")
     _add_precision(p)
+
+
+def _folds(text: str) -> tuple[int, ...]:
+    try:
+        folds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,2, got {text!r}") from None
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,2, got {text!r}")
+    return folds
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -263,7 +292,8 @@ def _settings(args: argparse.Namespace):
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                       samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
-                      precision=args.precision, patience=args.patience)
+                      precision=args.precision, patience=args.patience, ema=args.ema,
+                      deep_supervision=args.deep_supervision)
     return data_cfg, cfg
 
 
@@ -272,7 +302,7 @@ def _train(args: argparse.Namespace, progress: bool) -> None:
 
     data_cfg, cfg = _settings(args)
     run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
-                        resume=args.resume, progress=progress, init=args.init)
+                        resume=args.resume, progress=progress, init=args.init, folds=args.folds)
     print(f"run folder: {run}")
 
 
@@ -382,7 +412,16 @@ def _demo(args: argparse.Namespace, progress: bool) -> None:
           f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
 
 
-COMMANDS = {"train": _train, "plan": _plan, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor,
+def _ensemble(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.ensemble import ensemble
+
+    record = ensemble(args.runs, args.out, overwrite=args.overwrite)
+    for c in record["candidates"]:
+        print(f"{' + '.join(Path(r).name for r in c['runs']):<50} out-of-fold Dice {c['dice']:.4f}")
+    print(f"ensemble of {', '.join(Path(m['run']).name for m in record['members'])} written to {args.out}")
+
+
+COMMANDS = {"train": _train, "plan": _plan, "ensemble": _ensemble, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor,
             "augment": _augment, "tune": _tune, "report": _report, "demo": _demo, "export": _export,
             "import-keras": _import_keras, "info": _info}
 
@@ -390,7 +429,8 @@ COMMANDS = {"train": _train, "plan": _plan, "evaluate": _evaluate, "predict": _p
 def _inference_options(args: argparse.Namespace) -> dict:
     return dict(threshold=args.threshold, device=args.device, engine=args.engine, tta=args.tta, max_size=args.max_size,
                 overlap=args.overlap, postprocess=not args.no_postprocess, keep_largest=args.keep_largest,
-                fill_holes=args.fill_holes, min_size=args.min_size, precision=args.precision)
+                fill_holes=args.fill_holes, min_size=args.min_size, precision=args.precision, folds=args.folds,
+                fast=args.fast)
 
 
 def format_summary(summary: dict) -> str:

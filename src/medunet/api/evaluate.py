@@ -10,7 +10,7 @@ from medunet.io.outputs import staged_folder, write_json
 from medunet.config import PredictConfig
 from medunet.data.cache import read_split
 from medunet.data.pairs import Pair, find_pairs
-from medunet.engine.predictor import Predictor
+from medunet.engine.ensemble import load_segmenter
 from medunet.io.images import write_mask
 from medunet.metrics import class_counts, image_metrics, summarise
 from medunet.surface import parse_spacing, pixel_spacing, split_spacings, summarise_surface, surface_metrics
@@ -34,7 +34,7 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
     """
     run, split_dir = Path(run), Path(split_dir)
     given = parse_spacing(spacing) if spacing is not None else None
-    predictor = Predictor.load(run, PredictConfig(**options))
+    predictor = load_segmenter(run, PredictConfig(**options))
     pairs = find_pairs(split_dir)
     spacings = dict(zip((p.stem for p in pairs), split_spacings([_file_spacing(p) for p in pairs], given)))
     out = Path(out) if out is not None else _run_folder(run) / f"eval-{split_dir.resolve().name}"

@@ -15,6 +15,7 @@ import torch
 
 from medunet.data.pairs import read_split
 from medunet.engine.checkpoint import find_checkpoint, load_checkpoint
+from medunet.engine.ensemble import CV_FILE, ENSEMBLE_FILE
 from medunet.engine.export import read_torchscript_metadata
 from medunet.engine.metadata import checkpoint_from_metadata
 from medunet.engine.metadata import model_card as checkpoint_card
@@ -38,6 +39,10 @@ def info(source: Path) -> dict[str, Any]:
         meta = read_torchscript_metadata(source)
         if meta is not None:
             return _export_card(source, meta, "TorchScript export")
+    if source.is_dir() and (source / ENSEMBLE_FILE).is_file():
+        return _ensemble_card(source)
+    if source.is_dir() and (source / CV_FILE).is_file():
+        return _cv_card(source)
     path = find_checkpoint(source) if source.is_dir() else source
     run = source if source.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else None)
     card = checkpoint_card(load_checkpoint(path))
@@ -47,6 +52,36 @@ def info(source: Path) -> dict[str, Any]:
             card["training_data"] = _split_counts(run)
         card["test"] = test_scores(run)
     return card
+
+
+def _cv_card(run: Path) -> dict[str, Any]:
+    """A cross-validated run: fold 0's card (the folds share data, plan and network) with the
+    cross-validation summary and the folds' validation Dice."""
+    cv = _read_json(run / CV_FILE)
+    card = info(run / "folds" / "0")
+    card.update(source={"kind": f"cross-validated run ({cv.get('folds')} folds)", "path": str(run)},
+                postprocess=cv.get("postprocess", {}), test=test_scores(run), epoch=None,
+                validation_dice=(cv.get("mean") or {}).get("dice_mean"),
+                cross_validation={k: cv.get(k) for k in ("folds", "mean", "sd", "per_fold")})
+    return card
+
+
+def _ensemble_card(run: Path) -> dict[str, Any]:
+    """An ensemble run: its first member's card with the members and the out-of-fold Dice."""
+    doc = _read_json(run / ENSEMBLE_FILE)
+    card = info(Path(doc["members"][0]["run"]))
+    card.pop("cross_validation", None)
+    card.update(source={"kind": f"ensemble of {len(doc['members'])} run(s)", "path": str(run)},
+                postprocess=doc.get("postprocess", {}), test=test_scores(run), epoch=None,
+                validation_dice=doc.get("dice"), members=[m["run"] for m in doc["members"]])
+    return card
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc})") from None
 
 
 def _onnx_metadata(path: Path) -> dict[str, Any]:
@@ -96,7 +131,11 @@ def format_card(card: dict[str, Any]) -> str:
              ("post-processing", _describe_post(card.get("postprocess", {}))),
              ("training data", _describe_data(card.get("training_data", {}))),
              ("validation Dice", _number(card.get("validation_dice"))
-              + (f" (epoch {card['epoch']})" if card.get("epoch") else ""))]
+              + (f" (epoch {card['epoch']})" if card.get("epoch") else "")
+              + (" (out of fold, mean over the folds ± {:.4f})".format(card["cross_validation"]["sd"]["dice_mean"] or 0)
+                 if card.get("cross_validation") else ""))]
+    if card.get("members"):
+        lines.append(("members", ", ".join(card["members"])))
     for score in card.get("test", []):
         lines.append((f"{score['split']} Dice", f"{_number(score['dice_mean'])} mean, {_number(score['dice_global'])} "
                                                 f"pooled ({score['n_images']} images)"))

@@ -12,11 +12,12 @@ from tqdm import tqdm
 from medunet.io.outputs import staged_folder
 from medunet.config import PredictConfig
 from medunet.data.pairs import images_by_stem
-from medunet.engine.predictor import Output, Predictor
+from medunet.engine.ensemble import load_segmenter
+from medunet.engine.predictor import Output, Segmenter
 from medunet.errors import ConfigError, DataError
 from medunet.io.images import mask_suffix, read_image, write_image, write_mask
 from medunet.report.overlay import draw_outlines
-from medunet.transforms.geometry import Geometry, default_geometry
+from medunet.transforms.geometry import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     `flags.csv` lists images whose prediction is empty or whose area is unusual for the training data.
     """
     cfg = PredictConfig(**options)
-    predictor = Predictor.load(Path(run), cfg)
+    predictor = load_segmenter(Path(run), cfg)
     paths = list(images_by_stem(Path(images_dir)).values())  # one mask per stem: clashes refused
     box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []
@@ -47,7 +48,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
-            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of, predictor)
+            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of)
                           for p, im in zip(chunk, images)]
             for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
                 classes = predictor.to_mask(output.probs)
@@ -66,7 +67,8 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
 
 
 def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,
-              box_of: dict[str, Box], predictor: Predictor) -> Geometry:
+              box_of: dict[str, Box]) -> Geometry | None:
+    """The box of `path` through the network, in original pixels; None: the model's default."""
     box = box_of.get(path.stem, crop_box)
     try:
         if box is not None:
@@ -75,7 +77,7 @@ def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box
         raise DataError(f"{path}: {exc}") from None
     if cfg.crop:
         return Geometry.centre_crop(*hw, cfg.crop)
-    return default_geometry(*hw, predictor.data_cfg)
+    return None
 
 
 def read_boxes(path: Path) -> dict[str, Box]:
@@ -113,7 +115,7 @@ def _write_float(path: Path, maps: np.ndarray) -> None:
     tifffile.imwrite(path, (maps[0] if maps.shape[0] == 1 else maps).astype(np.float32), compression="zlib")
 
 
-def _flag(stem: str, classes: np.ndarray, predictor: Predictor) -> list[dict]:
+def _flag(stem: str, classes: np.ndarray, predictor: Segmenter) -> list[dict]:
     """An empty prediction, or a foreground share outside what the training labels showed."""
     share = float(np.mean(classes > 0))
     stats = predictor.area_stats

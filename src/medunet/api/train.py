@@ -64,12 +64,13 @@ class Decoded:
     fingerprint: Fingerprint
 
 
-def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
+def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = False) -> Decoded:
     """Pair, split, decode and fingerprint; every check that can fail on the user's data runs here,
     before any output.
 
     The doctor's quick checks come first, so a data trap is refused with its clear message; the
-    test split is left to `evaluate`, which names its own problems.
+    test split is left to `evaluate`, which names its own problems. `pooled` (cross-validation)
+    keeps train/ and validation/ together as "train", with no validation split of their own.
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
     report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
@@ -77,7 +78,9 @@ def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
                                  splits=("train", "validation"))
     if problem:
         raise DataError(problem)
-    if "validation" in splits:
+    if pooled:
+        train_pairs, val_pairs = splits["train"] + splits.get("validation", []), []
+    elif "validation" in splits:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:
         _warn_if_grouped(splits["train"], data_cfg)
@@ -128,8 +131,12 @@ def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
 
 def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
           cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
-          overwrite: bool = False, resume: bool = False, progress: bool = True, init: Path | None = None) -> Path:
+          overwrite: bool = False, resume: bool = False, progress: bool = True, init: Path | None = None,
+          folds: int | None = None) -> Path:
     """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder.
+
+    With `folds` K, cross-validate instead (`medunet.api.cv.train_folds`): K runs inside the one
+    budget, out-of-fold predictions, post-processing tuned on them.
 
     `resume` continues the run in `out` after the last completed epoch of its `last.pt`; `cfg`'s
     epochs and time budget, when given, replace the stored ones (to train further). `init` (a run
@@ -137,6 +144,14 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     and, when `data_cfg` is None, its normalisation (`init_preprocessing`).
     """
     cfg = cfg or TrainConfig()
+    if folds is not None:
+        if resume or init is not None:
+            raise ConfigError("--folds trains a new cross-validated run; it takes neither --resume nor --init")
+        from medunet.api.cv import train_folds
+
+        out = Path(out) if out is not None else _default_run(Path(data))
+        return train_folds(data, out, folds=folds, data_cfg=data_cfg, cfg=cfg, augment=augment,
+                           overwrite=overwrite, progress=progress)
     if resume and init is not None:
         raise ConfigError("--init starts a new run from other weights; --resume continues this one: give one")
     if resume:
@@ -151,7 +166,7 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
         if data_cfg.normalise == "auto":   # the starting weights' preprocessing (a Keras model: x / 255)
             data_cfg = replace(data_cfg, **init_preprocessing(start))
     out = Path(out) if out is not None else _default_run(Path(data))
-    _check_run_folder(out, overwrite)
+    check_run_folder(out, overwrite)
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
     dataset = load_dataset(Path(data), data_cfg, cfg, device, start.model_config if start else None)
@@ -160,9 +175,10 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
 
 def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment: AugmentConfig,
                    device: torch.device, progress: bool = True, start: Checkpoint | None = None,
-                   init: Path | None = None) -> Path:
+                   init: Path | None = None, tune_after: bool = True) -> Path:
     """Train on a planned, cached dataset into the run folder `out` (checked free by the caller),
-    from the network and weights of `start` (loaded from `init`) when given."""
+    from the network and weights of `start` (loaded from `init`) when given; then tune the
+    post-processing on the validation split (`tune_after`)."""
     data_cfg, cfg = dataset.plan.data, dataset.plan.train
     model, origin = _initial_model(cfg, dataset, start, init)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
@@ -177,7 +193,7 @@ def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment:
                       "measured_images_per_s": speeds}, origin)
     job = Job(out, data_cfg, augment, dataset.encoding, device, cfg.batch, progress, area_stats(dataset.train),
               precision, data_summary(dataset), origin)
-    return _fit(model, (dataset.train, dataset.val), cfg, job)
+    return _fit(model, (dataset.train, dataset.val), cfg, job, tune_after=tune_after)
 
 
 def init_preprocessing(start: Path | Checkpoint) -> dict:
@@ -199,7 +215,7 @@ def _initial_model(cfg: TrainConfig, dataset: Dataset, start: Checkpoint | None,
     channels = {"in_channels": dataset.data_cfg.channels, "out_channels": 1 if n == 2 else n}
     torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
     if start is None:
-        return UNet(model_preset(cfg.preset, **channels)), {}
+        return UNet(model_preset(cfg.preset, **channels, deep_supervision=cfg.deep_supervision)), {}
     have = {"in_channels": start.model_config.in_channels, "out_channels": start.model_config.out_channels}
     if have != channels:
         raise ConfigError(f"{init}: its network takes {have['in_channels']} channel(s) and gives "
@@ -237,7 +253,8 @@ def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_c
     return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.crop_size, batch)
 
 
-def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
+def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None,
+         tune_after: bool = True) -> Path:
     try:
         state = fit(model, *caches, cfg, job, resume=resume)
     except TrainingInterrupted as stop:
@@ -249,11 +266,12 @@ def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, r
     best = f"{state.best_dice:.4f}" if state.best_dice >= 0 else "undefined (no validation image had foreground)"
     logger.info("done: %d epochs in %.0f s, best validation Dice %s; run folder %s",
                 state.epoch, state.elapsed, best, job.run_dir)
-    tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
+    if tune_after:
+        tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
     return job.run_dir
 
 
-def _check_run_folder(out: Path, overwrite: bool) -> None:
+def check_run_folder(out: Path, overwrite: bool) -> None:
     last = out / "checkpoints" / "last.pt"
     if last.is_file() and not overwrite:
         raise ConfigError(f"{out}: run folder exists with checkpoints/last.pt; pass --resume to continue it "

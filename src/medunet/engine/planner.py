@@ -112,7 +112,8 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
                      f"crops per epoch: the training images, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
     data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
     train = replace(train, preset=preset, batch=batch, samples_per_epoch=samples)
-    model = model or model_preset(train.preset, in_channels=fp.channels, out_channels=out_channels)
+    model = model or model_preset(train.preset, in_channels=fp.channels, out_channels=out_channels,
+                                  deep_supervision=train.deep_supervision)
     seconds = _seconds_per_epoch(fp, data, train, device, model)
     choices.append(_length(train, seconds))
     return Plan(fp, data, train, preset, batch, device.type, tuple(choices), seconds)

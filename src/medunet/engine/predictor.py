@@ -43,11 +43,49 @@ class Output:
     variance: np.ndarray | None = None
 
 
-class Predictor:
-    """A model with its preprocessing, label encoding and inference options.
+class Segmenter:
+    """What evaluate and predict use: probabilities at each image's full size, then a mask.
 
+    Subclasses give `outputs(images, geometries)`, `post` (threshold and clean-up), `encoding`
+    and `area_stats`: a single model (`Predictor`) or an average of several (`Ensemble`).
     Probabilities are `(K, H, W)` float32: K = 1 (foreground, sigmoid) or K = C classes (softmax).
     """
+
+    post: PostprocessConfig
+    encoding: LabelEncoding
+    area_stats: dict
+
+    def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
+        raise NotImplementedError
+
+    def probabilities(self, images: list[np.ndarray],
+                      geometries: list[Geometry | None] | None = None) -> list[np.ndarray]:
+        """Like `outputs`, probabilities only."""
+        return [o.probs for o in self.outputs(images, geometries)]
+
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
+
+    def to_mask(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8, post-processed as configured."""
+        return postprocess.apply(probs, self.post)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """One raw image → a mask `(H, W)` in the label encoding of the training data (e.g. 0/255)."""
+        return self.encoding.decode(self.to_mask(self.probabilities([image])[0]))
+
+
+def effective_post(stored: PostprocessConfig | None, cfg: PredictConfig) -> PostprocessConfig:
+    """The stored (tuned) post-processing, or the plain 0.5 threshold with `postprocess=False`, with
+    the single steps `cfg` gives (threshold, keep_largest, fill_holes, min_size) applied over it."""
+    post = stored if stored is not None and cfg.postprocess else PostprocessConfig()
+    overrides = {name: getattr(cfg, name) for name in ("threshold", "keep_largest", "fill_holes", "min_size")}
+    return dataclasses.replace(post, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Predictor(Segmenter):
+    """A model with its preprocessing, label encoding and inference options."""
 
     def __init__(self, network: UNet | Network, data_cfg: DataConfig, encoding: LabelEncoding,
                  device: torch.device, cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
@@ -58,10 +96,7 @@ class Predictor:
         self.encoding = encoding
         self.device = device
         self.cfg = cfg or PredictConfig()
-        post = post if post is not None and self.cfg.postprocess else PostprocessConfig()
-        overrides = {name: getattr(self.cfg, name) for name in ("threshold", "keep_largest", "fill_holes", "min_size")}
-        post = dataclasses.replace(post, **{k: v for k, v in overrides.items() if v is not None})
-        self.post = post  # threshold and clean-up steps applied by to_mask
+        self.post = effective_post(post, self.cfg)  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
     @classmethod
@@ -169,16 +204,16 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return to_probabilities(self.network(x))
 
-    def outputs(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[Output]:
+    def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
         """Raw images `(H, W)` / `(H, W, 3)` → outputs at each image's full size.
 
-        With geometries (boxes in original pixels), only each box goes through the network and
-        the result is pasted back into a canvas of background (variance 0 there); the model's
-        input scale applies to every box.
+        With geometries (boxes in original pixels; None for an image: the default), only each box
+        goes through the network and the result is pasted back into a canvas of background
+        (variance 0 there); the model's input scale applies to every box.
         """
-        if geometries is None:
-            geometries = [default_geometry(*im.shape[:2], self.data_cfg) for im in images]
-        geometries = [g.scaled(self.data_cfg.input_scale) for g in geometries]
+        geometries = geometries or [None] * len(images)
+        geometries = [(g or default_geometry(*im.shape[:2], self.data_cfg)).scaled(self.data_cfg.input_scale)
+                      for im, g in zip(images, geometries)]
         inputs = [preprocess(im, self.data_cfg, g) for im, g in zip(images, geometries)]
         return self._pasted(self.predict_normalised(inputs), geometries)
 
@@ -193,22 +228,6 @@ class Predictor:
                        None if r.variance is None else g.invert(r.variance, fill=0.0))
                 for r, g in zip(results, geometries)]
 
-    def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
-        """Like `outputs`, probabilities only."""
-        return [o.probs for o in self.outputs(images, geometries)]
-
     def _background(self) -> np.ndarray:
         k = self.network.cfg.out_channels
         return np.zeros(1, np.float32) if k == 1 else np.eye(k, dtype=np.float32)[0]
-
-    @property
-    def threshold(self) -> float:
-        return self.post.threshold
-
-    def to_mask(self, probs: np.ndarray) -> np.ndarray:
-        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8, post-processed as configured."""
-        return postprocess.apply(probs, self.post)
-
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """One raw image → a mask `(H, W)` in the label encoding of the training data (e.g. 0/255)."""
-        return self.encoding.decode(self.to_mask(self.probabilities([image])[0]))
