@@ -1,11 +1,15 @@
 """Test Dice after a fixed CPU time budget, with each augmentation preset and each inference option.
 
-Usage: .venv/bin/python benchmarks/quality.py isbi|drive|cvc [--time 10m] [--augment default]
+Usage: .venv/bin/python benchmarks/quality.py isbi|drive|cvc|hippocampus [--time 10m] [--augment default]
+                                             [--extra --context 1 ...]
   isbi : ISBI 2012 membranes as foreground, images 0–23 train / 24–29 test (ANCHORS.md: MONAI
          BasicUNet 0.810 in 10 minutes on the same 2-core CPU)
   drive: DRIVE official split; vessel F1 inside the field of view (published U-Net 0.825; ANCHORS.md
          10-minute CPU anchor: BasicUNet Dice 0.789 over the whole image)
   cvc  : CVC-ClinicDB subset split by sequence (frames ≥ 504 test)
+  hippocampus: MSD Task04 volumes, every 5th case by sorted name as test (52), the other 208 to
+         train; mean 3D Dice over the two classes and the 52 cases (ANCHORS.md: MONAI BasicUNet on
+         2D slices 0.783 in 10 minutes on the 2-core Xeon; benchmarks/anchor_basicunet.py hippocampus)
 Prints one markdown row per inference variant: plain (threshold 0.5), TTA flips, tuned
 post-processing, both.
 """
@@ -16,11 +20,11 @@ import json
 import shutil
 from pathlib import Path
 
-from common import OUT, cvc_by_sequence, drive, f1_inside_fov, isbi_membranes, machine, medunet
+from common import OUT, cvc_by_sequence, drive, f1_inside_fov, hippocampus, isbi_membranes, machine, medunet
 
 import medunet as mu
 
-ANCHORS = {"isbi": 0.810, "drive": 0.789, "cvc": 0.261}
+ANCHORS = {"isbi": 0.810, "drive": 0.789, "cvc": 0.261, "hippocampus": 0.783}
 
 
 def prepare(name: str) -> Path:
@@ -28,6 +32,8 @@ def prepare(name: str) -> Path:
         return isbi_membranes(OUT / "isbi-membrane")
     if name == "cvc":
         return cvc_by_sequence(OUT / "cvc-by-sequence")
+    if name == "hippocampus":
+        return hippocampus(OUT / "hippocampus-split")
     return drive()
 
 
@@ -38,7 +44,10 @@ def score(name: str, run: Path, data: Path, variant: str, **options) -> float:
     if name == "drive":
         mu.predict(run, data / "test" / "image", out, overwrite=True, progress=False, **options)
         return f1_inside_fov(out, data / "test")
-    return mu.evaluate(run, data / "test", out, overwrite=True, **options)["dice_mean"]
+    summary = mu.evaluate(run, data / "test", out, overwrite=True, **options)
+    if "per_class" in summary:  # hippocampus: the two classes' mean 3D Dice beside the headline
+        print(f"  {variant}: per class " + ", ".join(f"{k}: {c['dice_mean']:.4f}" for k, c in summary["per_class"].items()))
+    return summary["dice_mean"]
 
 
 def main() -> None:
@@ -49,7 +58,7 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()
     data = prepare(args.dataset)
-    run = OUT / f"{args.dataset}-{args.augment}-{args.time}"
+    run = OUT / f"{args.dataset}-{args.augment}-{args.time}{''.join(args.extra).replace('-', '_')}"
     train_s = medunet("-q", "train", str(data), "--out", str(run), "--time", args.time, "--augment", args.augment,
                       "--overwrite", *args.extra)
     epochs = len((run / "history.csv").read_text().strip().splitlines()) - 1

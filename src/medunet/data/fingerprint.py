@@ -9,7 +9,7 @@ scale (membranes and vessels do not; a lesion 100 pixels across does).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -17,6 +17,9 @@ from scipy import ndimage
 from medunet.data.cache import RawSplit
 from medunet.data.encoding import LabelEncoding
 from medunet.transforms.intensity import is_colour
+
+if TYPE_CHECKING:
+    from medunet.data.volume_fingerprint import VolumeStats
 
 EIGHT = np.ones((3, 3), dtype=bool)
 MAX_IMAGES = 200          # images measured for the object statistics (a seeded sample beyond)
@@ -66,6 +69,9 @@ class Fingerprint:
     intensity_foreground: dict[str, float]
     encoding: str
     classes: list[ClassStats] = field(default_factory=list)
+    # Volume datasets: spacing, slicing and intensity per case (`volume_fingerprint`); else None.
+    # Counts, sizes and class statistics above are then of cases and of their slices.
+    volumes: VolumeStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
