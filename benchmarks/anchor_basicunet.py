@@ -1,11 +1,12 @@
 """The ANCHORS.md CPU anchor, run on this machine: MONAI BasicUNet trained for a fixed time.
 
-Usage: .venv/bin/python benchmarks/anchor_basicunet.py isbi|drive|hippocampus [--time 10m] [--seed 0]
+Usage: .venv/bin/python benchmarks/anchor_basicunet.py isbi|drive|cvc|busi|hippocampus [--time 10m] [--seed 0]
 
 The recipe of ../shared/docs/ANCHORS.md ("Quality per CPU budget"): MONAI BasicUNet with its default
 widths, random 256×256 crops with flips and 90° rotations, Adam 1e-3, BCE + Dice, batch 4, fp32,
-per-image z-score of the (mean-channel) image; test Dice on whole images (ISBI: mean over the 6
-test images; DRIVE: pooled over the 20 test images and the whole image, as ANCHORS.md states it).
+per-image z-score of the (mean-channel) image; test Dice on whole images (ISBI, CVC, BUSI: mean
+over the test images; DRIVE: pooled over the 20 test images and the whole image, as ANCHORS.md
+states it, and also the F1 inside the field of view that medunet's DRIVE rows report).
 A time budget only means something beside the anchor measured on the same machine in the same
 session, so every budget figure in BENCHMARKS.md is a ratio to this script's result.
 
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from common import OUT, drive, hippocampus, isbi_membranes, machine, parse_time
+from common import OUT, SHARED, cvc_by_sequence, drive, hippocampus, isbi_membranes, machine, parse_time
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from PIL import Image
@@ -145,13 +146,15 @@ def hippocampus_anchor(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("dataset", choices=("isbi", "drive", "hippocampus"))
+    parser.add_argument("dataset", choices=("isbi", "drive", "cvc", "busi", "hippocampus"))
     parser.add_argument("--time", default="10m")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.dataset == "hippocampus":
         return hippocampus_anchor(args)
-    data = isbi_membranes(OUT / "isbi-membrane") if args.dataset == "isbi" else drive()
+    data = {"isbi": lambda: isbi_membranes(OUT / "isbi-membrane"), "drive": drive,
+            "cvc": lambda: cvc_by_sequence(OUT / "cvc-by-sequence"),
+            "busi": lambda: SHARED / "busi-ultrasound"}[args.dataset]()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     images, labels = load(data / "train")
@@ -160,19 +163,28 @@ def main() -> None:
                               parse_time(args.time))
     test_images, test_labels = load(data / "test")
     model.eval()
-    per_image, pooled = [], np.zeros(3)
+    fovs = _fovs(data / "test") if args.dataset == "drive" else [None] * len(test_images)
+    per_image, pooled, in_fov = [], np.zeros(3), np.zeros(3)
     with torch.inference_mode():
-        for x, y in zip(test_images, test_labels):
+        for x, y, fov in zip(test_images, test_labels, fovs):
             h, w = x.shape
             padded = np.pad(x, ((0, -h % 16), (0, -w % 16)), mode="edge")
             pred = (model(torch.from_numpy(padded)[None, None])[0, 0, :h, :w] > 0).numpy()
             tp, fp, fn = confusion(y > 0, pred)
             per_image.append(2 * tp / max(2 * tp + fp + fn, 1))
             pooled += (tp, fp, fn)
+            if fov is not None:
+                in_fov += confusion((y > 0) & fov, pred & fov)
     pooled_dice = 2 * pooled[0] / (2 * pooled[0] + pooled[1] + pooled[2])
+    fov_text = f" | F1 in FOV {2 * in_fov[0] / (2 * in_fov[0] + in_fov[1] + in_fov[2]):.4f}" if in_fov.any() else ""
     print(f"| anchor MONAI BasicUNet | {args.dataset} | {args.time} | seed {args.seed} | mean Dice "
-          f"{np.mean(per_image):.4f} | pooled {pooled_dice:.4f} | {seen} images in {trained:.0f} s "
+          f"{np.mean(per_image):.4f} | pooled {pooled_dice:.4f}{fov_text} | {seen} images in {trained:.0f} s "
           f"({seen / trained:.2f} img/s) | {machine()} |", flush=True)
+
+
+def _fovs(split_dir) -> list[np.ndarray]:
+    """DRIVE's field-of-view masks of a split, in the order of its pairs."""
+    return [np.asarray(Image.open(split_dir / "fov" / pair.label.name)) > 127 for pair in find_pairs(split_dir)]
 
 
 if __name__ == "__main__":

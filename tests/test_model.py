@@ -45,3 +45,24 @@ def test_unknown_preset_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="--preset"):
         model_preset("huge")
+
+
+def test_deep_supervision_adds_heads_used_in_training_only() -> None:
+    """Training returns the full-size logits and auxiliary ones at 1/2 and 1/4 of the (padded)
+    size; eval, validation and exports see the full-size logits alone, and the loss takes both."""
+    from medunet.losses import build_loss
+
+    torch.manual_seed(0)
+    model = UNet(model_preset("tiny", deep_supervision=True)).train()
+    outs = model(torch.randn(2, 1, 61, 77))
+    assert [tuple(o.shape) for o in outs] == [(2, 1, 61, 77), (2, 1, 31, 39), (2, 1, 16, 20)]
+    target = (torch.rand(2, 61, 77) > 0.5).long()
+    loss = build_loss(1)(outs, target)
+    loss.backward()
+    assert model.aux_heads[1].weight.grad is not None and torch.isfinite(loss)
+    assert build_loss(1)(outs[0], target) != loss                # the auxiliary terms count
+    model.eval()
+    assert tuple(model(torch.randn(2, 1, 61, 77)).shape) == (2, 1, 61, 77)
+    plain = UNet(model_preset("tiny"))
+    assert len(plain.aux_heads) == 0 and sum(p.numel() for p in model.parameters()) > sum(
+        p.numel() for p in plain.parameters())

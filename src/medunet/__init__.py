@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "plan", "evaluate", "predict", "demo", "tune", "report", "doctor", "load_model", "__version__"]
+__all__ = ["train", "plan", "evaluate", "predict", "demo", "tune", "report", "doctor", "export", "import_keras",
+           "info", "load_model", "__version__"]
 
 _WHERE = {
     "train": "medunet.api.train",
@@ -19,17 +20,22 @@ _WHERE = {
     "tune": "medunet.api.tune",
     "report": "medunet.api.report",
     "doctor": "medunet.api.doctor",
+    "export": "medunet.api.export",
+    "import_keras": "medunet.api.import_keras",
+    "info": "medunet.api.info",
 }
 
 
-def load_model(path: Any, device: str = "auto") -> Any:
-    """A checkpoint file or run folder → a Predictor (`.model`, `.predict(image)`, `.probabilities(images)`)."""
+def load_model(path: Any, device: str = "auto", engine: str = "auto") -> Any:
+    """A run folder, checkpoint, exported `.onnx` file, cross-validated or ensemble run → what
+    predicts with it (`.predict(image)`, `.probabilities(images)`; a single model also has
+    `.network`); `engine` is auto, torch or onnxruntime."""
     from pathlib import Path
 
     from medunet.config import PredictConfig
-    from medunet.engine.predictor import Predictor
+    from medunet.engine.ensemble import load_segmenter
 
-    return Predictor.from_checkpoint(Path(path), PredictConfig(device=device))
+    return load_segmenter(Path(path), PredictConfig(device=device, engine=engine))
 
 
 def __getattr__(name: str) -> Any:

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub.add_parser("train", parents=[common], help="train a U-Net on DATA/train (and validation/)"))
     _add_plan(sub.add_parser("plan", parents=[common], help="the settings train would choose for DATA, with reasons"))
+    _add_ensemble(sub.add_parser("ensemble", parents=[common],
+                                 help="combine cross-validated runs, choosing the members by out-of-fold Dice"))
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="metrics of a run on a labelled split"))
     _add_predict(sub.add_parser("predict", parents=[common], help="masks for a folder of images"))
     _add_demo(sub.add_parser("demo", parents=[common], help="the whole workflow on generated CT-like data"))
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_augment(sub.add_parser("augment", parents=[common], help="write augmented copies of a split (augment-to-N)"))
     _add_tune(sub.add_parser("tune", parents=[common], help="choose threshold and clean-up on validation data"))
     _add_report(sub.add_parser("report", parents=[common], help="one HTML page: config, curves, metrics, overlays"))
+    _add_export(sub.add_parser("export", parents=[common],
+                               help="the network as ONNX or TorchScript, with its metadata"))
+    _add_import_keras(sub.add_parser("import-keras", parents=[common],
+                                     help="a Keras model of the tutorial's U-Net (.h5/.hdf5) → a run folder"))
+    _add_info(sub.add_parser("info", parents=[common], help="the model card of a run, checkpoint or export"))
     return parser
 
 
@@ -97,6 +104,18 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _add_settings(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.add_argument("--init", type=Path, metavar="RUN",
+                   help="start from the network and weights of RUN (a run, checkpoint or imported Keras model); "
+                        "its normalisation is kept unless --normalise/--window/--percentiles is given")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="cross-validate: K folds (whole --group-by groups, else cases) inside the one budget; "
+                        "predict then averages the folds")
+
+
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", type=Path, nargs="+", help="cross-validated runs (trained with --folds) of the same data")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble run folder")
+    p.add_argument("--overwrite", action="store_true")
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -119,6 +138,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                         "full size (default: the plan's)")
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--deep-supervision", action="store_true",
+                   help="also train 1×1 heads at 1/2 and 1/4 resolution (nnU-Net's deep supervision)")
+    p.add_argument("--ema", type=float, default=0.0, help="decay per step of an average of the weights that is "
+                                                           "validated and saved (e.g. 0.99; 0: off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", default="default", help="augmentation preset")
@@ -153,7 +176,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("run", type=Path, help="run folder, checkpoint or .onnx export")
     p.add_argument("split_dir", type=Path, help="folder with image/ and label/")
     p.add_argument("--out", type=Path, help="default RUN/eval-<split name>")
     p.add_argument("--threshold", type=float)
@@ -165,8 +188,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run folder or checkpoint")
-    p.add_argument("images", type=Path, help="folder of images")
+    p.add_argument("paths", type=Path, nargs="+", metavar="[RUN] IMAGES",
+                   help="run folder, checkpoint or .onnx export (left out with --model), then the folder of images")
+    p.add_argument("--model", type=Path, metavar="FILE.onnx", help="an exported model instead of a run folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_prob.tif (float32)")
@@ -187,6 +211,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
+    p.add_argument("--engine", default="auto",
+                   help="auto | torch | onnxruntime: what runs the network (onnxruntime: pip install 'medunet[onnx]')")
     p.add_argument("--tta", default="none", help="none | flips: average the flipped predictions")
     p.add_argument("--max-size", type=int, default=1024, help="larger images are predicted in tiles")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (Gaussian-blended)")
@@ -195,7 +221,21 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-largest", type=int, metavar="K", help="keep the K largest objects of each class (0: off)")
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes in objects (or not)")
     p.add_argument("--min-size", type=int, metavar="PX", help="remove objects under PX pixels (0: off)")
+    p.add_argument("--folds", type=_folds, metavar="K,K",
+                   help="a cross-validated run: average only these folds, e.g. 0,2 (default: all)")
+    p.add_argument("--fast", action="store_true",
+                   help="a cross-validated run: its best fold alone, without TTA")
     _add_precision(p)
+
+
+def _folds(text: str) -> tuple[int, ...]:
+    try:
+        folds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,2, got {text!r}") from None
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 0,2, got {text!r}")
+    return folds
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -240,12 +280,35 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="HTML file (default RUN/report.html)")
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder or checkpoint")
+    p.add_argument("--format", default="onnx", help="onnx | torchscript")
+    p.add_argument("--out", type=Path, help="FILE (default RUN/model.onnx or RUN/model.torchscript.pt); "
+                                            "FILE.json beside it gets the metadata")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.add_argument("--fp16", action="store_true", help="ONNX graph in float16 inside (float32 in and out)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _add_import_keras(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="Keras .h5/.hdf5 model or .weights.h5 of the tutorial's U-Net")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--input-size", type=int, help="training crop side to record (default: the model's input, else 256)")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (the tutorial's 0.5)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="run folder, checkpoint, .onnx or TorchScript export")
+    p.add_argument("--json", action="store_true", help="the card as JSON")
+
+
 PAIR_OPTIONS = ("--window", "--percentiles")
 
 
-def _normalisation(args: argparse.Namespace) -> str:
+def _normalisation(args: argparse.Namespace) -> str | None:
     """--window or --percentiles alone choose their normalisation; with another one they would be
-    silently ignored, so that is refused."""
+    silently ignored, so that is refused. None when no option chose one."""
     implied = "window" if args.window else "percentile" if args.percentiles else None
     if args.window and args.percentiles:
         raise ConfigError("--window and --percentiles are two different normalisations: give one")
@@ -273,7 +336,8 @@ def _settings(args: argparse.Namespace):
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                       samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
-                      precision=args.precision, patience=args.patience)
+                      precision=args.precision, patience=args.patience, ema=args.ema,
+                      deep_supervision=args.deep_supervision)
     return data_cfg, cfg
 
 
@@ -282,7 +346,7 @@ def _train(args: argparse.Namespace, progress: bool) -> None:
 
     data_cfg, cfg = _settings(args)
     run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
-                        resume=args.resume, progress=progress)
+                        resume=args.resume, progress=progress, init=args.init, folds=args.folds)
     print(f"run folder: {run}")
 
 
@@ -304,12 +368,48 @@ def _evaluate(args: argparse.Namespace, progress: bool) -> None:
 def _predict(args: argparse.Namespace, progress: bool) -> None:
     import medunet
 
-    written = medunet.predict(args.run, args.images, args.out, overlay=args.overlay,
+    run, images = _model_and_images(args)
+    written = medunet.predict(run, images, args.out, overlay=args.overlay,
                               probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
                               overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                               dicom_seg=args.dicom_seg, rtstruct=args.rtstruct, series_uid=args.series_uid,
                               class_names=args.class_names, **_inference_options(args))
     print(f"{len(written)} masks written to {args.out}")
+
+
+def _model_and_images(args: argparse.Namespace) -> tuple[Path, Path]:
+    """`predict RUN IMAGES` or `predict --model FILE.onnx IMAGES`."""
+    if args.model is not None:
+        if len(args.paths) != 1:
+            raise ConfigError("with --model FILE, give only the folder of images (no RUN)")
+        return args.model, args.paths[0]
+    if len(args.paths) != 2:
+        raise ConfigError("give RUN and IMAGES (or --model FILE.onnx and IMAGES)")
+    return args.paths[0], args.paths[1]
+
+
+def _export(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.export import export
+
+    out = export(args.run, args.format, args.out, opset=args.opset, fp16=args.fp16, overwrite=args.overwrite)
+    print(f"exported to {out} (metadata also in {out.name}.json)")
+
+
+def _import_keras(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.import_keras import import_keras
+
+    run = import_keras(args.model, args.out, input_size=args.input_size, threshold=args.threshold,
+                       overwrite=args.overwrite)
+    print(f"run folder: {run}")
+
+
+def _info(args: argparse.Namespace, progress: bool) -> None:
+    import json
+
+    from medunet.api.info import format_card, info
+
+    card = info(args.source)
+    print(json.dumps(card, indent=2) if args.json else format_card(card))
 
 
 def _doctor(args: argparse.Namespace, progress: bool) -> int:
@@ -357,14 +457,25 @@ def _demo(args: argparse.Namespace, progress: bool) -> None:
           f"  evaluation  {summary['out']}\n  predictions {summary['predictions']} (masks and overlays)")
 
 
-COMMANDS = {"train": _train, "plan": _plan, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor, "augment": _augment,
-            "tune": _tune, "report": _report, "demo": _demo}
+def _ensemble(args: argparse.Namespace, progress: bool) -> None:
+    from medunet.api.ensemble import ensemble
+
+    record = ensemble(args.runs, args.out, overwrite=args.overwrite)
+    for c in record["candidates"]:
+        print(f"{' + '.join(Path(r).name for r in c['runs']):<50} out-of-fold Dice {c['dice']:.4f}")
+    print(f"ensemble of {', '.join(Path(m['run']).name for m in record['members'])} written to {args.out}")
+
+
+COMMANDS = {"train": _train, "plan": _plan, "ensemble": _ensemble, "evaluate": _evaluate, "predict": _predict, "doctor": _doctor,
+            "augment": _augment, "tune": _tune, "report": _report, "demo": _demo, "export": _export,
+            "import-keras": _import_keras, "info": _info}
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
-    return dict(threshold=args.threshold, device=args.device, tta=args.tta, max_size=args.max_size,
+    return dict(threshold=args.threshold, device=args.device, engine=args.engine, tta=args.tta, max_size=args.max_size,
                 overlap=args.overlap, postprocess=not args.no_postprocess, keep_largest=args.keep_largest,
-                fill_holes=args.fill_holes, min_size=args.min_size, precision=args.precision)
+                fill_holes=args.fill_holes, min_size=args.min_size, precision=args.precision, folds=args.folds,
+                fast=args.fast)
 
 
 def format_summary(summary: dict) -> str:

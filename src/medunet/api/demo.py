@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_WINDOW_HU = (-200.0, 300.0)
 # A soft-tissue window, as CT is read: a per-image z-score would let air and bone set the scale.
-DEMO_DATA = DataConfig(normalise="window", window=DEMO_WINDOW_HU, size=128, foreground_share=0.5)
+DEMO_DATA = DataConfig(normalise="window", window=DEMO_WINDOW_HU, size=128, scale=1, foreground_share=0.5)
 DEMO_PRESET = "tiny"
 DEMO_EPOCHS = 8
 DEMO_SAMPLES_PER_EPOCH = 384

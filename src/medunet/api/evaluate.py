@@ -12,8 +12,9 @@ from medunet.config import PredictConfig
 from medunet.data.cache import read_split
 from medunet.api.evaluate_volumes import VOLUME_SUMMARY, score_volumes
 from medunet.data.pairs import Pair, find_pairs, is_volume_dataset
+from medunet.engine.ensemble import load_segmenter
+from medunet.engine.predictor import Segmenter
 from medunet.errors import ConfigError
-from medunet.engine.predictor import Predictor
 from medunet.io.images import write_mask
 from medunet.metrics import class_counts, image_metrics, summarise
 from medunet.surface import parse_spacing, pixel_spacing, split_spacings, summarise_surface, surface_metrics
@@ -25,14 +26,15 @@ CHUNK = 16  # images decoded at a time: bounded memory for large folders
 
 def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: bool = False,
              spacing: tuple[float, float] | None = None, **options) -> dict:
-    """Per-image and summary metrics of the run's best checkpoint on `split_dir` (image/ + label/).
+    """Per-image and summary metrics of the run's best checkpoint (or a checkpoint, or an exported
+    `.onnx` file) on `split_dir` (image/ + label/).
 
     Returns the summary dict (undefined means are NaN); writes `metrics.csv` (NaN cells as `nan`),
     `summary.json` (NaN as null) and the predicted masks (`masks/<stem>.png`, in the labels'
     encoding) into `out` (default `RUN/eval-<split name>`). `spacing` is the (row, column) pixel
     size in mm for HD95 and ASSD of every image; without it, mm only when every image's file stores
     a physical pixel size (`medunet.surface.pixel_spacing`), else pixels for all. `options` are
-    PredictConfig fields (device, threshold, tta, max_size, ...).
+    PredictConfig fields (device, engine, threshold, tta, max_size, ...).
 
     Volumes (a split of volume files or DICOM series folders): one row per case, 3D metrics on the
     whole volume (`evaluate_volumes`), distances in mm from the voxel spacing; `masks/` holds the
@@ -40,12 +42,12 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
     """
     run, split_dir = Path(run), Path(split_dir)
     given = parse_spacing(spacing) if spacing is not None else None
-    predictor = Predictor.from_checkpoint(run, PredictConfig(**options))
+    predictor = load_segmenter(run, PredictConfig(**options))
     pairs = find_pairs(split_dir)
     volumes = is_volume_dataset(pairs)
     if volumes and given:
         raise ConfigError("--spacing is for 2D images; a volume's voxel spacing comes from its header")
-    out = Path(out) if out is not None else run / f"eval-{split_dir.resolve().name}"
+    out = Path(out) if out is not None else _run_folder(run) / f"eval-{split_dir.resolve().name}"
     n_classes = predictor.encoding.n_classes
     with staged_folder(out, overwrite, "evaluation folder") as stage:
         (stage / "masks").mkdir()
@@ -65,7 +67,7 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
     return summary
 
 
-def _score_images(predictor: Predictor, pairs: list[Pair], masks: Path, given: tuple[float, float] | None
+def _score_images(predictor: Segmenter, pairs: list[Pair], masks: Path, given: tuple[float, float] | None
                   ) -> tuple[list[dict], list]:
     """Per-image metric rows and class counts of 2D pairs; each predicted mask written to `masks`."""
     spacings = dict(zip((p.stem for p in pairs), split_spacings([_file_spacing(p) for p in pairs], given)))
@@ -81,6 +83,14 @@ def _score_images(predictor: Predictor, pairs: list[Pair], masks: Path, given: t
             all_counts.append(class_counts(truth, pred, n_classes))
             write_mask(masks / f"{pair.stem}.png", predictor.encoding.decode(pred), palette=predictor.encoding.palette)
     return rows, all_counts
+
+
+def _run_folder(run: Path) -> Path:
+    """Where evaluations go by default: the run folder, also for its checkpoint (RUN/checkpoints/best.pt);
+    beside any other checkpoint or export."""
+    if run.is_dir():
+        return run
+    return run.parent.parent if run.parent.name == "checkpoints" else run.parent
 
 
 def _file_spacing(pair: Pair) -> tuple[float, float] | None:

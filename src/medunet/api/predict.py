@@ -13,11 +13,12 @@ from medunet.io.outputs import staged_folder
 from medunet.config import PredictConfig
 from medunet.api.predict_volumes import predict_volumes
 from medunet.data.pairs import check_one_kind, images_by_stem, is_volume_entry
-from medunet.engine.predictor import Output, Predictor
+from medunet.engine.ensemble import load_segmenter
+from medunet.engine.predictor import Output, Segmenter
 from medunet.errors import ConfigError, DataError
 from medunet.io.images import mask_suffix, read_image, write_image, write_mask
 from medunet.report.overlay import draw_outlines
-from medunet.transforms.geometry import Geometry, default_geometry
+from medunet.transforms.geometry import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     Masks use the training labels' encoding (0/255, 0/1 or class ids). Only a box of each image
     goes through the network when asked — `crop` (PredictConfig: centred N×N), `crop_box`
     (X, Y, W, H for every image) or `boxes` (a CSV of stem,x,y,w,h) — and the result is pasted
-    back into a full-size background canvas. `options` are PredictConfig fields.
+    back into a full-size background canvas. `run` is a run folder, a checkpoint or an exported
+    `.onnx` file (which needs no run folder). `options` are PredictConfig fields (engine, tta, ...).
     `flags.csv` lists images whose prediction is empty or whose area is unusual for the training data.
 
     Volumes (`images_dir` a folder of volume files or DICOM series folders, or one of them): one
@@ -44,7 +46,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     name the foreground classes there (default: the run's).
     """
     cfg = PredictConfig(**options)
-    predictor = Predictor.from_checkpoint(Path(run), cfg)
+    predictor = load_segmenter(Path(run), cfg)
     paths = _entries(Path(images_dir))  # one mask per stem: clashes refused
     if paths and is_volume_entry(paths[0]):
         if crop_box or boxes or cfg.crop:
@@ -67,7 +69,7 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
-            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of, predictor)
+            geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of)
                           for p, im in zip(chunk, images)]
             for path, image, output in zip(chunk, images, predictor.outputs(images, geometries)):
                 classes = predictor.to_mask(output.probs)
@@ -96,7 +98,8 @@ def _entries(images: Path) -> list[Path]:
 
 
 def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,
-              box_of: dict[str, Box], predictor: Predictor) -> Geometry:
+              box_of: dict[str, Box]) -> Geometry | None:
+    """The box of `path` through the network, in original pixels; None: the model's default."""
     box = box_of.get(path.stem, crop_box)
     try:
         if box is not None:
@@ -105,7 +108,7 @@ def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box
         raise DataError(f"{path}: {exc}") from None
     if cfg.crop:
         return Geometry.centre_crop(*hw, cfg.crop)
-    return default_geometry(*hw, predictor.data_cfg)
+    return None
 
 
 def read_boxes(path: Path) -> dict[str, Box]:
@@ -143,7 +146,7 @@ def _write_float(path: Path, maps: np.ndarray) -> None:
     tifffile.imwrite(path, (maps[0] if maps.shape[0] == 1 else maps).astype(np.float32), compression="zlib")
 
 
-def _flag(stem: str, classes: np.ndarray, predictor: Predictor) -> list[dict]:
+def _flag(stem: str, classes: np.ndarray, predictor: Segmenter) -> list[dict]:
     """An empty prediction, or a foreground share outside what the training labels showed."""
     share = float(np.mean(classes > 0))
     stats = predictor.area_stats

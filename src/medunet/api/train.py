@@ -13,7 +13,7 @@ import torch
 from medunet import __version__
 from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
-from medunet.config import (AugmentConfig, DataConfig, TrainConfig, augment_preset, from_dict,
+from medunet.config import (AugmentConfig, DataConfig, ModelConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
 from medunet.data.cache import Cache, RawSplit, area_stats, build_cache, read_split
 from medunet.data.fingerprint import Fingerprint, fingerprint
@@ -27,13 +27,13 @@ from medunet.data.volume_fingerprint import volume_fingerprint
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import precision as precisions
 from medunet.engine.device import resolve_device
-from medunet.engine.checkpoint import load_checkpoint
+from medunet.engine.checkpoint import Checkpoint, load_checkpoint
+from medunet.engine.metadata import preset_name
 from medunet.engine.precision import Precision
 from medunet.engine.trainer import Job, TrainingInterrupted, fit
 from medunet.io.outputs import remove_stale_temporaries
 from medunet.models.unet import UNet, count_parameters
 from medunet.errors import CheckpointError, ConfigError, DataError, RunInterrupted
-from medunet.transforms.intensity import is_colour
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,13 @@ class Decoded:
     fingerprint: Fingerprint
 
 
-def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
+def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = False) -> Decoded:
     """Pair, split, decode and fingerprint; every check that can fail on the user's data runs here,
     before any output.
 
     The doctor's quick checks come first, so a data trap is refused with its clear message; the
-    test split is left to `evaluate`, which names its own problems.
+    test split is left to `evaluate`, which names its own problems. `pooled` (cross-validation)
+    keeps train/ and validation/ together as "train", with no validation split of their own.
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
     report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
@@ -79,7 +80,9 @@ def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
                                  splits=("train", "validation"))
     if problem:
         raise DataError(problem)
-    if "validation" in splits:
+    if pooled:
+        train_pairs, val_pairs = splits["train"] + splits.get("validation", []), []
+    elif "validation" in splits:
         train_pairs, val_pairs = splits["train"], splits["validation"]
     else:
         _warn_if_grouped(splits["train"], data_cfg)
@@ -96,24 +99,26 @@ def decode_dataset(data: Path, data_cfg: DataConfig, seed: int) -> Decoded:
     if volumes:
         return Decoded(train, val, record, encoding,
                        volume_fingerprint(both, encoding, slice_axis_setting=data_cfg.slice_axis, **counts))
-    spacings = split_spacings([pixel_spacing(p.image) for p in both.pairs])
+    spacings = split_spacings([_spacing_or_none(p.image) for p in both.pairs])
     spacing = None if spacings[0] is None else tuple(float(v) for v in np.median(spacings, axis=0))
     return Decoded(train, val, record, encoding, fingerprint(both, encoding, spacing=spacing, **counts))
 
 
-def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device) -> Dataset:
+def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
+                 model: ModelConfig | None = None) -> Dataset:
     """Decode, plan the settings left open, and build the caches. The decoded files are let go as
-    the caches are built, so only the float32 caches stay in memory during training."""
+    the caches are built, so only the float32 caches stay in memory during training. `model` is
+    the network when it is given (`--init`), not planned."""
     decoded = decode_dataset(data, data_cfg, cfg.seed)
-    return prepare_dataset(decoded, data_cfg, cfg, device)
+    return prepare_dataset(decoded, data_cfg, cfg, device, model=model)
 
 
 def prepare_dataset(decoded: Decoded, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
-                    consume: bool = True) -> Dataset:
+                    consume: bool = True, model: ModelConfig | None = None) -> Dataset:
     """The plan for `decoded` with the settings of `data_cfg`/`cfg` kept, and the caches it asks for."""
     n = decoded.encoding.n_classes
     data_cfg = replace(data_cfg, channels=decoded.fingerprint.channels)
-    plan = make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n)
+    plan = make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n, model)
     for line in plan.lines():
         logger.info("plan: %s", line)
     return Dataset(build_cache(decoded.train, plan.data, decoded.encoding, consume=consume),
@@ -131,46 +136,117 @@ def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
 
 def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = None,
           cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
-          overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+          overwrite: bool = False, resume: bool = False, progress: bool = True, init: Path | None = None,
+          folds: int | None = None) -> Path:
     """Train a U-Net on `data` (train/, optional validation/ and test/); returns the run folder.
 
+    With `folds` K, cross-validate instead (`medunet.api.cv.train_folds`): K runs inside the one
+    budget, out-of-fold predictions, post-processing tuned on them.
+
     `resume` continues the run in `out` after the last completed epoch of its `last.pt`; `cfg`'s
-    epochs and time budget, when given, replace the stored ones (to train further).
+    epochs and time budget, when given, replace the stored ones (to train further). `init` (a run
+    folder or checkpoint, e.g. an imported Keras model) gives the network and its first weights,
+    and, when `data_cfg` is None, its normalisation (`init_preprocessing`).
     """
     cfg = cfg or TrainConfig()
+    if folds is not None:
+        if resume or init is not None:
+            raise ConfigError("--folds trains a new cross-validated run; it takes neither --resume nor --init")
+        from medunet.api.cv import train_folds
+
+        out = Path(out) if out is not None else _default_run(Path(data))
+        return train_folds(data, out, folds=folds, data_cfg=data_cfg, cfg=cfg, augment=augment,
+                           overwrite=overwrite, progress=progress)
+    if resume and init is not None:
+        raise ConfigError("--init starts a new run from other weights; --resume continues this one: give one")
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out RUN (the run folder to continue)")
         return _resume(Path(out), cfg, progress)
+    start = load_checkpoint(Path(init)) if init is not None else None
     data_cfg = data_cfg or DataConfig()
+    if start is not None:
+        if cfg.preset != "auto":
+            raise ConfigError(f"--init {init} gives the network; --preset {cfg.preset} would choose another: give one")
+        if data_cfg.normalise == "auto":   # the starting weights' preprocessing (a Keras model: x / 255)
+            data_cfg = replace(data_cfg, **init_preprocessing(start))
     out = Path(out) if out is not None else _default_run(Path(data))
-    _check_run_folder(out, overwrite)
+    check_run_folder(out, overwrite)
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
-    dataset = load_dataset(Path(data), data_cfg, cfg, device)
-    return train_prepared(dataset, out, cfg, augment, device, progress)
+    dataset = load_dataset(Path(data), data_cfg, cfg, device, start.model_config if start else None)
+    return train_prepared(dataset, out, cfg, augment, device, progress, start, init)
 
 
 def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment: AugmentConfig,
-                   device: torch.device, progress: bool = True) -> Path:
-    """Train on a planned, cached dataset into the run folder `out` (checked free by the caller)."""
+                   device: torch.device, progress: bool = True, start: Checkpoint | None = None,
+                   init: Path | None = None, tune_after: bool = True) -> Path:
+    """Train on a planned, cached dataset into the run folder `out` (checked free by the caller),
+    from the network and weights of `start` (loaded from `init`) when given; then tune the
+    post-processing on the validation split (`tune_after`)."""
     data_cfg, cfg = dataset.plan.data, dataset.plan.train
-    n = dataset.encoding.n_classes
-    model_cfg = model_preset(cfg.preset, in_channels=data_cfg.input_channels, out_channels=1 if n == 2 else n)
-    torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
-    model = UNet(model_cfg)
+    model, origin = _initial_model(cfg, dataset, start, init)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
                 len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.input_channels)
     precision, speeds = choose_precision(cfg, device, model, data_cfg, cfg.batch)
-    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s", cfg.preset,
-                f"{count_parameters(model):,}", device, cfg.batch, precision.name)
+    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s%s", preset_name(model.cfg),
+                f"{count_parameters(model):,}", device, cfg.batch, precision.name,
+                f", weights from {init}" if init is not None else "")
     clear(out)
-    _write_run_files(out, dataset, requested, model_cfg, augment,
+    _write_run_files(out, dataset, requested, model.cfg, augment,
                      {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
-                      "measured_images_per_s": speeds})
+                      "measured_images_per_s": speeds}, origin)
     job = Job(out, data_cfg, augment, dataset.encoding, device, cfg.batch, progress, area_stats(dataset.train),
-              precision)
-    return _fit(model, (dataset.train, dataset.val), cfg, job)
+              precision, data_summary(dataset), origin)
+    return _fit(model, (dataset.train, dataset.val), cfg, job, tune_after=tune_after)
+
+
+def init_preprocessing(start: Path | Checkpoint) -> dict:
+    """The normalisation `train --init` keeps unless the user gives another: the one the starting
+    weights (a run folder, checkpoint or Checkpoint) were trained with (for an imported Keras model
+    the tutorial's x / 255)."""
+    d = (start if isinstance(start, Checkpoint) else load_checkpoint(Path(start))).data_config
+    return {"normalise": d.normalise, "window": d.window, "percentiles": d.percentiles}
+
+
+def _initial_model(cfg: TrainConfig, dataset: Dataset, start: Checkpoint | None,
+                   init: Path | None) -> tuple[UNet, dict]:
+    """The network to train and where its first weights came from.
+
+    Without `start`: the planned preset's network with seeded random weights. With it: its network
+    and weights, which must take the data's channels and give its classes.
+    """
+    n = dataset.encoding.n_classes
+    channels = {"in_channels": dataset.data_cfg.input_channels, "out_channels": 1 if n == 2 else n}
+    torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
+    if start is None:
+        return UNet(model_preset(cfg.preset, **channels, deep_supervision=cfg.deep_supervision)), {}
+    have = {"in_channels": start.model_config.in_channels, "out_channels": start.model_config.out_channels}
+    if have != channels:
+        raise ConfigError(f"{init}: its network takes {have['in_channels']} channel(s) and gives "
+                          f"{have['out_channels']} output(s); the data need {channels['in_channels']} and "
+                          f"{channels['out_channels']} ({dataset.encoding.describe(why=False)})")
+    origin = {"kind": "init", "from": str(Path(init).resolve()), "version": start.version, "origin": start.origin,
+              "val_dice": start.train.get("val_dice")}
+    return start.build_model(), origin
+
+
+def data_summary(dataset: Dataset) -> dict:
+    """What the model was trained on, for its model card: counts, image sizes (W×H, as stored),
+    channels, the labels and the pixel spacing when the files give one. Never file names: they may
+    carry patients' names."""
+    fp = dataset.plan.fingerprint
+    return {"train": len(dataset.train), "validation": len(dataset.val), "test": fp.n_test,
+            "channels": dataset.data_cfg.channels, "labels": dataset.encoding.describe(why=False),
+            "sizes": dict(fp.sizes), "distinct_sizes": fp.distinct_sizes,
+            "spacing_mm": list(fp.spacing) if fp.spacing else None}
+
+
+def _spacing_or_none(path: Path) -> tuple[float, float] | None:
+    try:
+        return pixel_spacing(path)
+    except DataError:  # unreadable tags on a file whose pixels read: no spacing, as for a PNG
+        return None
 
 
 def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_cfg: DataConfig,
@@ -182,7 +258,8 @@ def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_c
     return precisions.choose(cfg.precision, device, model, data_cfg.input_channels, data_cfg.crop_size, batch)
 
 
-def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None) -> Path:
+def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None,
+         tune_after: bool = True) -> Path:
     try:
         state = fit(model, *caches, cfg, job, resume=resume)
     except TrainingInterrupted as stop:
@@ -194,11 +271,12 @@ def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, r
     best = f"{state.best_dice:.4f}" if state.best_dice >= 0 else "undefined (no validation image had foreground)"
     logger.info("done: %d epochs in %.0f s, best validation Dice %s; run folder %s",
                 state.epoch, state.elapsed, best, job.run_dir)
-    tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
+    if tune_after:
+        tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
     return job.run_dir
 
 
-def _check_run_folder(out: Path, overwrite: bool) -> None:
+def check_run_folder(out: Path, overwrite: bool) -> None:
     last = out / "checkpoints" / "last.pt"
     if last.is_file() and not overwrite:
         raise ConfigError(f"{out}: run folder exists with checkpoints/last.pt; pass --resume to continue it "
@@ -228,7 +306,7 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
     precision = choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0]
     job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
-              stored["batch"], progress, ckpt.area_stats, precision)
+              stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin)
     logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
 
@@ -243,15 +321,16 @@ def _default_run(data: Path) -> Path:
 
 
 def _write_run_files(out: Path, dataset: Dataset, requested: TrainConfig, model_cfg, augment: AugmentConfig,
-                     precision: dict) -> None:
+                     precision: dict, origin: dict) -> None:
     """config.json holds the resolved settings ("data", "train") and where each came from: the
     plan with its reasons and what was asked for ("requested")."""
     plan = dataset.plan
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {
-        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": plan.train.preset,
+        "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "preset": preset_name(model_cfg),
         "batch": plan.train.batch, "precision": precision, "data": to_dict(plan.data), "model": to_dict(model_cfg),
         "train": to_dict(plan.train), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
         "plan": plan.to_dict(), "requested": {"data": to_dict(dataset.requested), "train": to_dict(requested)},
+        "origin": origin,
     })
     write_split(out / "split.json", dataset.splits, plan.data.group_by)

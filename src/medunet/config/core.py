@@ -18,6 +18,7 @@ SLICE_AXES = ("through-plane", 0, 1, 2)  # volumes: each case's largest spacing,
 MAX_CONTEXT = 8
 CROPS = ("random", "center", "label_box")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+ENGINES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class ModelConfig:
     dropout_levels: int = 2              # dropout after this many of the deepest levels
     upsample: str = "nearest"            # nearest | bilinear | transpose
     head: str = "seed"                   # seed: 3×3 conv to 2 channels + ReLU, then 1×1; plain: 1×1
+    deep_supervision: bool = False       # extra 1×1 heads at 1/2 and 1/4 resolution, in training only
 
     def __post_init__(self) -> None:
         _check(self.in_channels >= 1 and self.out_channels >= 1, "channel counts must be positive")
@@ -178,6 +180,8 @@ class TrainConfig:
     # epochs, or after `max_epochs`.
     patience: int = 10
     max_epochs: int = 200
+    ema: float = 0.0                     # decay per step of an average of the weights (0: off)
+    deep_supervision: bool = False       # train extra heads at 1/2 and 1/4 resolution
     precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
 
     def __post_init__(self) -> None:
@@ -188,6 +192,7 @@ class TrainConfig:
         _check(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _check(self.patience >= 1, f"--patience must be at least 1 epoch, got {self.patience}")
         _check(self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}")
+        _check(0.0 <= self.ema < 1.0, f"--ema must be a decay in [0, 1), got {self.ema}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.preset in ("auto", *MODEL_PRESETS),
                f"--preset must be auto or one of {', '.join(MODEL_PRESETS)}, got {self.preset!r}")
@@ -212,8 +217,14 @@ class PredictConfig:
     fill_holes: bool | None = None
     min_size: int | None = None
     precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
+    engine: str = "auto"                 # auto | torch | onnxruntime: what runs the network
+    folds: tuple[int, ...] | None = None  # a cross-validated run: the folds to average (None: all)
+    fast: bool = False                   # a cross-validated run: its best fold alone, no TTA
 
     def __post_init__(self) -> None:
+        _check(self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        _check(self.folds is None or (len(self.folds) > 0 and all(k >= 0 for k in self.folds)),
+               f"--folds must name folds 0, 1, ..., got {self.folds}")
         _check(self.threshold is None or 0.0 < self.threshold < 1.0,
                f"--threshold must be in (0, 1), got {self.threshold}")
         _check(self.crop is None or self.crop >= 8, f"--crop must be at least 8, got {self.crop}")

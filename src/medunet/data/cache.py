@@ -47,6 +47,11 @@ class Cache:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, indices: list[int]) -> "Cache":
+        """The cache of the images at `indices` (the arrays are shared, not copied)."""
+        return Cache([self.stems[i] for i in indices], [self.images[i] for i in indices],
+                     [self.labels[i] for i in indices])
+
     def foreground(self, i: int) -> np.ndarray:
         """Flat indices of foreground pixels of image i (computed once, for foreground sampling).
 
@@ -119,6 +124,18 @@ def each_file(raw: RawSplit, consume: bool) -> Iterator[int]:
     if consume:
         raw.images.clear()
         raw.labels.clear()
+
+
+def build_caches(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) -> tuple[Cache, Cache]:
+    """A training and a validation cache of the same files (cross-validation: every file is in
+    both, on different folds), consuming `raw`. Where the two roles hold the same arrays (input
+    scale 1, no centred crop) they share them, so the second costs no memory."""
+    same = data_cfg.input_scale == 1 and data_cfg.crop != "center"
+    if same:
+        cache = build_cache(raw, data_cfg, encoding, consume=True)
+        return cache, Cache(list(cache.stems), list(cache.images), list(cache.labels))
+    val = build_cache(raw, data_cfg, encoding, training=False)
+    return build_cache(raw, data_cfg, encoding, consume=True), val
 
 
 def area_stats(cache: Cache) -> dict[str, float]:

@@ -8,6 +8,7 @@ scale (membranes and vessels do not; a lesion 100 pixels across does).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ class Fingerprint:
     intensity_foreground: dict[str, float]
     encoding: str
     classes: list[ClassStats] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)   # the 5 most common W×H and their counts
+    distinct_sizes: int = 0
     # Volume datasets: spacing, slicing and intensity per case (`volume_fingerprint`); else None.
     # Counts, sizes and class statistics above are then of cases and of their slices.
     volumes: VolumeStats | None = None
@@ -104,6 +107,7 @@ def fingerprint(raw: RawSplit, encoding: LabelEncoding, n_validation: int = 0, n
     chosen = np.sort(rng.permutation(n)[:MAX_IMAGES]) if n > MAX_IMAGES else np.arange(n)
     labels = [encoding.encode(raw.labels[i].values, raw.labels[i].path) for i in chosen]
     images = [raw.images[i] for i in chosen]
+    sizes = Counter(f"{im.shape[1]}×{im.shape[0]}" for im in raw.images)
     heights = [im.shape[0] for im in raw.images]
     widths = [im.shape[1] for im in raw.images]
     return Fingerprint(
@@ -115,6 +119,7 @@ def fingerprint(raw: RawSplit, encoding: LabelEncoding, n_validation: int = 0, n
         intensity_foreground=_intensity(images, [lab > 0 for lab in labels], rng),
         encoding=encoding.describe(why=False),
         classes=[_class_stats(labels, c, encoding.values[c]) for c in range(1, encoding.n_classes)],
+        sizes=dict(sizes.most_common(5)), distinct_sizes=len(sizes),
     )
 
 

@@ -225,6 +225,32 @@ def split_train_val(pairs: Sequence[Pair], fraction: float, seed: int,
     return train, val
 
 
+def split_folds(pairs: Sequence[Pair], folds: int, seed: int, group_by: str | None = None) -> list[int]:
+    """The fold (0..folds-1) of each pair for cross-validation: whole groups (`group_by`, else each
+    case alone) dealt to the folds in a seeded random order, largest groups first, so the folds
+    come out as even as the groups allow.
+
+    Raises:
+        DataError: fewer groups than folds, or a stem the regex does not match.
+    """
+    groups = [group_of(p, group_by) if group_by else p.stem for p in pairs]
+    names = list(dict.fromkeys(groups))
+    if len(names) < folds:
+        where = f"{pairs[0].image.parent.parent}: " if pairs else ""
+        what = f"{len(names)} group(s) by --group-by {group_by!r}" if group_by else f"{len(names)} case(s)"
+        raise DataError(f"{where}{what} for {folds} folds; each fold needs at least one")
+    sizes = {name: groups.count(name) for name in names}
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    order.sort(key=lambda name: -sizes[name])    # stable: the shuffle breaks ties between equal sizes
+    load = [0] * folds
+    fold_of_group = {}
+    for name in order:
+        k = min(range(folds), key=lambda f: (load[f], f))
+        fold_of_group[name] = k
+        load[k] += sizes[name]
+    return [fold_of_group[g] for g in groups]
+
+
 def group_of(pair: Pair, pattern: str) -> str:
     """The group of a pair: the first capturing group of `pattern`'s first match in the stem, or
     the whole match when the pattern has no group (e.g. `^[^_]+` or `patient(\\d+)`)."""

@@ -33,7 +33,12 @@ class Checkpoint:
     postprocess: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     area_stats: dict[str, float] = field(default_factory=dict)  # training labels' foreground share
+    # What the model was trained on, without file names (they may carry patients' names): counts,
+    # sizes, spacing; and where its first weights came from (`medunet train --init`, import-keras).
+    data_summary: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    torch_version: str = str(torch.__version__)  # TorchVersion is no plain str: weights_only refuses it
 
     def build_model(self) -> UNet:
         model = UNet(self.model_config)
@@ -53,6 +58,9 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "postprocess": ckpt.postprocess,
         "train": ckpt.train,
         "area_stats": ckpt.area_stats,
+        "data_summary": ckpt.data_summary,
+        "origin": ckpt.origin,
+        "torch_version": ckpt.torch_version,
     }
     atomic_write(path, lambda f: torch.save(payload, f))
 
@@ -79,7 +87,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
             postprocess=payload.get("postprocess", {}),
             train=payload.get("train", {}),
             area_stats=payload.get("area_stats", {}),
+            data_summary=payload.get("data_summary", {}),
+            origin=payload.get("origin", {}),
             version=payload.get("version", "?"),
+            torch_version=payload.get("torch_version", "?"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint is incomplete ({exc})") from None

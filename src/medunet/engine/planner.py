@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from medunet.config import DataConfig, TrainConfig, model_preset
+from medunet.config import DataConfig, ModelConfig, TrainConfig, model_preset
 from medunet.data.fingerprint import Fingerprint
 from medunet.engine import precision as precisions
 from medunet.engine import volume_plan
+from medunet.engine.metadata import preset_name
 from medunet.models.unet import UNet
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Plan:
 
 
 def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: torch.device,
-              out_channels: int) -> Plan:
+              out_channels: int, model: ModelConfig | None = None) -> Plan:
     """Resolve every open setting of `data` and `train` for a dataset of fingerprint `fp`.
 
     Args:
@@ -85,6 +86,7 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
         data, train: the requested settings; None/"auto" fields are chosen here.
         device: where training runs (the budget estimate is timed there).
         out_channels: the network's output channels (1 sigmoid, or C classes).
+        model: the network when it is given rather than planned (training from `--init` weights).
     """
     choices: list[Choice] = []
 
@@ -104,7 +106,11 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
     share = choose("foreground crops", data.foreground_share, *_foreground(grid, size, scale))
     if fp.volumes is not None:
         data = volume_plan.plan_volume_input(fp, replace(data, normalise=normalise), choose)
-    preset = choose("model", train.preset, *_preset(device))
+    if model is not None:
+        preset = train.preset
+        choices.append(Choice("model", preset_name(model), "user", "the network of --init, with its weights"))
+    else:
+        preset = choose("model", train.preset, *_preset(device))
     batch = choose("batch", train.batch, 32 if device.type == "cuda" else 8,
                    "what the device trains fastest per image at this size")
     units = "slices" if fp.volumes is not None else "images"
@@ -113,7 +119,9 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
                      f"crops per epoch: the training {units}, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
     data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
     train = replace(train, preset=preset, batch=batch, samples_per_epoch=samples)
-    seconds = _seconds_per_epoch(fp, data, train, device, out_channels)
+    model = model or model_preset(train.preset, in_channels=data.input_channels, out_channels=out_channels,
+                                  deep_supervision=train.deep_supervision)
+    seconds = _seconds_per_epoch(fp, data, train, device, model)
     choices.append(_length(train, seconds))
     return Plan(fp, data, train, preset, batch, device.type, tuple(choices), seconds)
 
@@ -182,10 +190,10 @@ def _length(train: TrainConfig, seconds: float | None) -> Choice:
 
 
 def _seconds_per_epoch(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: torch.device,
-                       out_channels: int) -> float | None:
+                       model_cfg: ModelConfig) -> float | None:
     """Training + validation seconds of one epoch, from a timed training step of the planned model."""
-    channels = fp.channels * (2 * (data.context or 0) + 1)  # 2.5D context: more input channels
-    model = UNet(model_preset(train.preset, in_channels=channels, out_channels=out_channels))
+    model = UNet(model_cfg)
+    channels = model_cfg.in_channels
     precision, _ = precisions.choose(train.precision, device, model, channels, data.crop_size, train.batch or 8)
     try:
         rate = precisions.images_per_second(model, precision, device, channels, data.crop_size,

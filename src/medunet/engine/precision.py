@@ -173,4 +173,5 @@ def _probe_step(model: nn.Module, precision: Precision, device: torch.device, x:
     model.zero_grad(set_to_none=True)
     with precision.autocast(device):
         out = model(x)
-    out.float().square().mean().backward()
+    outs = out if isinstance(out, list) else [out]   # deep supervision: every head costs
+    sum(o.float().square().mean() for o in outs).backward()

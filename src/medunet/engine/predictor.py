@@ -16,8 +16,11 @@ from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
 from medunet.engine import precision as precisions
 from medunet.engine.device import keep_freed_memory, resolve_device
+from medunet.engine.export import read_torchscript_metadata
+from medunet.engine.network import Network, TorchNetwork, resolve_engine, to_probabilities
 from medunet.engine.precision import Precision
 from medunet.engine.postprocess import PostprocessConfig
+from medunet.errors import CheckpointError, ConfigError
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry, default_geometry
 from medunet.transforms.preprocess import preprocess
@@ -40,48 +43,116 @@ class Output:
     variance: np.ndarray | None = None
 
 
-class Predictor:
-    """A model with its preprocessing, label encoding and inference options.
+class Segmenter:
+    """What evaluate and predict use: probabilities at each image's full size, then a mask.
 
+    Subclasses give `outputs(images, geometries)`, `post` (threshold and clean-up), `encoding`
+    and `area_stats`: a single model (`Predictor`) or an average of several (`Ensemble`).
     Probabilities are `(K, H, W)` float32: K = 1 (foreground, sigmoid) or K = C classes (softmax).
     """
 
-    def __init__(self, model: UNet, data_cfg: DataConfig, encoding: LabelEncoding, device: torch.device,
-                 cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
+    post: PostprocessConfig
+    encoding: LabelEncoding
+    area_stats: dict
+
+    def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
+        raise NotImplementedError
+
+    def probabilities(self, images: list[np.ndarray],
+                      geometries: list[Geometry | None] | None = None) -> list[np.ndarray]:
+        """Like `outputs`, probabilities only."""
+        return [o.probs for o in self.outputs(images, geometries)]
+
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
+
+    def to_mask(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8, post-processed as configured."""
+        return postprocess.apply(probs, self.post)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """One raw image → a mask `(H, W)` in the label encoding of the training data (e.g. 0/255)."""
+        return self.encoding.decode(self.to_mask(self.probabilities([image])[0]))
+
+
+def effective_post(stored: PostprocessConfig | None, cfg: PredictConfig) -> PostprocessConfig:
+    """The stored (tuned) post-processing, or the plain 0.5 threshold with `postprocess=False`, with
+    the single steps `cfg` gives (threshold, keep_largest, fill_holes, min_size) applied over it."""
+    post = stored if stored is not None and cfg.postprocess else PostprocessConfig()
+    overrides = {name: getattr(cfg, name) for name in ("threshold", "keep_largest", "fill_holes", "min_size")}
+    return dataclasses.replace(post, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Predictor(Segmenter):
+    """A model with its preprocessing, label encoding and inference options."""
+
+    def __init__(self, network: UNet | Network, data_cfg: DataConfig, encoding: LabelEncoding,
+                 device: torch.device, cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
                  area_stats: dict | None = None, precision: Precision | None = None) -> None:
-        self.model = model
-        self.precision = precision or Precision()
+        # A bare UNet (training's validation, tests) runs on the torch engine in `precision`.
+        self.network: Network = TorchNetwork(network, device, precision) if isinstance(network, UNet) else network
         self.data_cfg = data_cfg
         self.encoding = encoding
         self.device = device
         self.cfg = cfg or PredictConfig()
-        post = post if post is not None and self.cfg.postprocess else PostprocessConfig()
-        overrides = {name: getattr(self.cfg, name) for name in ("threshold", "keep_largest", "fill_holes", "min_size")}
-        post = dataclasses.replace(post, **{k: v for k, v in overrides.items() if v is not None})
-        self.post = post  # threshold and clean-up steps applied by to_mask
+        self.post = effective_post(post, self.cfg)  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
+
+    @classmethod
+    def load(cls, source: Path, cfg: PredictConfig | None = None) -> "Predictor":
+        """A run folder, a checkpoint or an exported `.onnx` file → its Predictor on `cfg.engine`."""
+        source = Path(source)
+        if source.suffix.lower() == ".onnx":
+            return cls.from_onnx(source, cfg)
+        if source.is_file() and read_torchscript_metadata(source) is not None:
+            raise CheckpointError(f"{source}: a TorchScript export, for runtimes without medunet; predict from "
+                                  "its run folder, its checkpoint or an .onnx export")
+        return cls.from_checkpoint(source, cfg)
 
     @classmethod
     def from_checkpoint(cls, path: Path | Checkpoint, cfg: PredictConfig | None = None,
                         precision: Precision | None = None) -> "Predictor":
-        """The checkpoint's model on `cfg.device`, in `precision` when given (training passes its own,
-        so tuning sees what validation saw), else in what `cfg.precision` resolves to here."""
+        """The checkpoint's model on `cfg.device` and `cfg.engine`. On torch, in `precision` when
+        given (training passes its own, so tuning sees what validation saw), else in what
+        `cfg.precision` resolves to here; on ONNX Runtime, exported in memory (nothing is written)."""
         ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(Path(path))
         cfg = cfg or PredictConfig()
         dev = resolve_device(cfg.device)
         if dev.type == "cpu":
             keep_freed_memory()
         model = ckpt.build_model()
+        post = PostprocessConfig.from_dict(ckpt.postprocess)
+        # Training hands its precision to tuning, which must see what validation saw: torch then.
+        engine = "torch" if precision is not None else resolve_engine(cfg.engine, dev, cfg.precision)
+        if engine == "onnxruntime":
+            from medunet.engine import onnx_engine  # onnxruntime is an optional extra
+
+            onnx_engine.check_precision(cfg.precision)
+            network = onnx_engine.OnnxNetwork.from_module(model, dev)
+            return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg, post, ckpt.area_stats)
         if precision is None:
             precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.crop_size,
                                              cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
-        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, PostprocessConfig.from_dict(ckpt.postprocess),
-                   ckpt.area_stats, precision)
+        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, post, ckpt.area_stats, precision)
+
+    @classmethod
+    def from_onnx(cls, path: Path, cfg: PredictConfig | None = None) -> "Predictor":
+        """An ONNX file medunet exported: everything but the network comes from its metadata."""
+        from medunet.engine import onnx_engine
+
+        cfg = cfg or PredictConfig()
+        if cfg.engine == "torch":
+            raise ConfigError(f"{path}: an ONNX file runs on --engine onnxruntime (or auto), not torch")
+        onnx_engine.check_precision(cfg.precision)
+        network, ckpt = onnx_engine.load(Path(path), resolve_device(cfg.device))
+        return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg,
+                   PostprocessConfig.from_dict(ckpt.postprocess), ckpt.area_stats)
 
     @property
     def sigmoid(self) -> bool:
-        return self.model.cfg.out_channels == 1
+        return self.network.cfg.out_channels == 1
 
     def predict_normalised(self, inputs: list[np.ndarray]) -> list[Output]:
         """Normalised inputs `(C, H, W)` → outputs at the same size; equal sizes share batches.
@@ -92,19 +163,14 @@ class Predictor:
         for i, x in enumerate(inputs):
             by_shape[x.shape].append(i)
         out: list[Output] = [Output(np.empty(0))] * len(inputs)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for shape, indices in by_shape.items():
-                    step = 1 if max(shape[-2:]) > self.cfg.max_size else self._batch_for(shape[-2:])
-                    for start in range(0, len(indices), step):
-                        chunk = indices[start:start + step]
-                        results = self._run(np.stack([inputs[i] for i in chunk]))
-                        for i, result in zip(chunk, results):
-                            out[i] = result
-        finally:
-            self.model.train(was_training)
+        with self.network.evaluating(), torch.inference_mode():
+            for shape, indices in by_shape.items():
+                step = 1 if max(shape[-2:]) > self.cfg.max_size else self._batch_for(shape[-2:])
+                for start in range(0, len(indices), step):
+                    chunk = indices[start:start + step]
+                    results = self._run(np.stack([inputs[i] for i in chunk]))
+                    for i, result in zip(chunk, results):
+                        out[i] = result
         return out
 
     def _batch_for(self, hw: tuple[int, ...]) -> int:
@@ -115,7 +181,7 @@ class Predictor:
 
     def _run(self, batch: np.ndarray) -> list[Output]:
         """`(B, C, H, W)` → B outputs, averaging over the TTA flips."""
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.precision.memory_format)
+        x = torch.from_numpy(batch).to(self.device)
         members = []
         for dims in TTA_FLIPS[self.cfg.tta]:
             xf = torch.flip(x, dims) if dims else x
@@ -128,7 +194,7 @@ class Predictor:
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         if max(x.shape[-2:]) > self.cfg.max_size:
-            m = self.model.cfg.multiple
+            m = self.network.cfg.multiple
             tile = max(m, self.cfg.max_size // m * m)
             return sliding_window_inference(x, (tile, tile), sw_batch_size=self._batch_for((tile, tile)),
                                             predictor=self._forward,
@@ -136,21 +202,18 @@ class Predictor:
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast(self.device):
-            logits = self.model(x)
-        logits = logits.float()
-        return torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
+        return to_probabilities(self.network(x))
 
-    def outputs(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[Output]:
+    def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
         """Raw images `(H, W)` / `(H, W, 3)` → outputs at each image's full size.
 
-        With geometries (boxes in original pixels), only each box goes through the network and
-        the result is pasted back into a canvas of background (variance 0 there); the model's
-        input scale applies to every box.
+        With geometries (boxes in original pixels; None for an image: the default), only each box
+        goes through the network and the result is pasted back into a canvas of background
+        (variance 0 there); the model's input scale applies to every box.
         """
-        if geometries is None:
-            geometries = [default_geometry(*im.shape[:2], self.data_cfg) for im in images]
-        geometries = [g.scaled(self.data_cfg.input_scale) for g in geometries]
+        geometries = geometries or [None] * len(images)
+        geometries = [(g or default_geometry(*im.shape[:2], self.data_cfg)).scaled(self.data_cfg.input_scale)
+                      for im, g in zip(images, geometries)]
         inputs = [preprocess(im, self.data_cfg, g) for im, g in zip(images, geometries)]
         return self._pasted(self.predict_normalised(inputs), geometries)
 
@@ -165,22 +228,6 @@ class Predictor:
                        None if r.variance is None else g.invert(r.variance, fill=0.0))
                 for r, g in zip(results, geometries)]
 
-    def probabilities(self, images: list[np.ndarray], geometries: list[Geometry] | None = None) -> list[np.ndarray]:
-        """Like `outputs`, probabilities only."""
-        return [o.probs for o in self.outputs(images, geometries)]
-
     def _background(self) -> np.ndarray:
-        k = self.model.cfg.out_channels
+        k = self.network.cfg.out_channels
         return np.zeros(1, np.float32) if k == 1 else np.eye(k, dtype=np.float32)[0]
-
-    @property
-    def threshold(self) -> float:
-        return self.post.threshold
-
-    def to_mask(self, probs: np.ndarray) -> np.ndarray:
-        """Probabilities `(K, H, W)` → class indices `(H, W)` uint8, post-processed as configured."""
-        return postprocess.apply(probs, self.post)
-
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """One raw image → a mask `(H, W)` in the label encoding of the training data (e.g. 0/255)."""
-        return self.encoding.decode(self.to_mask(self.probabilities([image])[0]))

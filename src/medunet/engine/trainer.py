@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig
@@ -57,6 +58,8 @@ class Job:
     progress: bool = True
     area_stats: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=Precision)
+    data_summary: dict = field(default_factory=dict)   # counts and sizes, for the model card
+    origin: dict = field(default_factory=dict)         # where the first weights came from (--init)
 
 
 @dataclass
@@ -105,11 +108,11 @@ def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resu
     sampler = build_sampler(train, job.data_cfg, rng)
     loop = Loop(model, optimiser, sampler, build_loss(model.cfg.out_channels), generator, rng,
                 math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch),
-                job.precision.scaler(job.device))
+                job.precision.scaler(job.device), ema=_averaged(model, cfg.ema))
     state = State()
     if resume is not None:
         _restore(resume, loop, state, cfg.seed)
-    predictor = Predictor(model, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch),
+    predictor = Predictor(loop.evaluated, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch),
                           precision=job.precision)
     try:
         while _should_continue(state, cfg):
@@ -138,6 +141,20 @@ class Loop:
     steps: int
     scaler: torch.amp.GradScaler     # loss scaling for fp16; a pass-through otherwise
     bad_steps: int = 0  # consecutive non-finite steps, across epoch boundaries (short epochs on CUDA)
+    ema: AveragedModel | None = None  # the average of the weights that is validated and saved
+
+    @property
+    def evaluated(self) -> UNet:
+        """The network validation scores and checkpoints hold: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _averaged(model: UNet, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and batch-norm statistics (`decay` per
+    step), or None when `decay` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class TrainingInterrupted(Exception):
@@ -155,6 +172,9 @@ def _snapshot(loop: Loop, state: State, cfg: TrainConfig) -> dict:
                 optimiser=loop.optimiser.state_dict(), numpy_rng=loop.rng.bit_generator.state,
                 torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state(),
                 augment_rng_device=loop.generator.device.type, scaler=loop.scaler.state_dict())
+    if loop.ema is not None:  # the checkpoint's weights are the average; training goes on from these
+        snap["raw_weights"] = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
+        snap["ema_steps"] = int(loop.ema.n_averaged)
     if torch.cuda.is_available():
         snap["cuda_rng"] = torch.cuda.get_rng_state_all()
     return snap
@@ -168,6 +188,9 @@ def _restore(snap: dict, loop: Loop, state: State, seed: int) -> None:
     between CPU and CUDA the augmentation stream restarts from the seed and the epoch: the run goes
     on, but is no longer bit-identical to an uninterrupted one.
     """
+    if loop.ema is not None and "raw_weights" in snap:  # the model was built from the average
+        loop.model.load_state_dict(snap["raw_weights"])
+        loop.ema.n_averaged.fill_(snap["ema_steps"])
     loop.optimiser.load_state_dict(snap["optimiser"])
     loop.rng.bit_generator.state = snap["numpy_rng"]
     torch.set_rng_state(snap["torch_rng"])
@@ -275,11 +298,17 @@ def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | Non
         loop.scaler.scale(loss).backward()
         loop.scaler.step(loop.optimiser)
         loop.scaler.update()
-        return None if loop.scaler.get_scale() < scale else float(loss.detach())
+        if loop.scaler.get_scale() < scale:
+            return None
+        if loop.ema is not None:
+            loop.ema.update_parameters(loop.model)
+        return float(loss.detach())
     loss.backward()
     if not torch.isfinite(total_norm(loop.model.parameters())):
         return None
     loop.optimiser.step()
+    if loop.ema is not None:
+        loop.ema.update_parameters(loop.model)
     return float(loss.detach())
 
 
@@ -317,17 +346,19 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
         state.best_epoch = state.epoch
     elif (state.epoch - state.best_epoch) % max(cfg.patience // 2, 1) == 0:
         state.lr_drops += 1  # a plateau: the patience rule halves the learning rate
-    weights = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
+    weights = {k: v.detach().cpu().clone() for k, v in loop.evaluated.state_dict().items()}
     ckpt_dir = job.run_dir / "checkpoints"
+
+    def checkpoint(train: dict) -> Checkpoint:
+        return Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights, train=train,
+                          area_stats=job.area_stats, data_summary=job.data_summary, origin=job.origin)
+
     if improved:
-        save_checkpoint(ckpt_dir / "best.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                         train=dict(epoch=state.epoch, val_dice=val_dice),
-                                                         area_stats=job.area_stats))
+        save_checkpoint(ckpt_dir / "best.pt", checkpoint(dict(epoch=state.epoch, val_dice=val_dice)))
     write_history(job.run_dir / "history.csv", state.history)
     plot_history(state.history, job.run_dir / "curves.png")
     # last.pt goes last: once it names epoch N, everything of epoch N is on disk.
-    save_checkpoint(ckpt_dir / "last.pt", Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights,
-                                                     train=_snapshot(loop, state, cfg), area_stats=job.area_stats))
+    save_checkpoint(ckpt_dir / "last.pt", checkpoint(_snapshot(loop, state, cfg)))
     budget = f"/{cfg.epochs}" if cfg.epochs else ""
     if cfg.epochs is None and cfg.time_budget is None:
         budget = f" (best {state.best_epoch}, patience {cfg.patience})"

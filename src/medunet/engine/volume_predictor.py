@@ -18,7 +18,8 @@ import numpy as np
 
 from medunet.data.volume_cache import CaseGrid, VolumeCache, context_stack, from_slices, prepare_case
 from medunet.engine import postprocess
-from medunet.engine.predictor import Predictor
+from medunet.engine.predictor import Predictor, Segmenter
+from medunet.errors import ConfigError
 from medunet.io.volumes import Volume
 from medunet.metrics import mean_dice
 
@@ -37,7 +38,10 @@ class VolumeOutput:
 class VolumePredictor:
     """Wraps a Predictor (its model, preprocessing, encoding, TTA and tuned post-processing)."""
 
-    def __init__(self, predictor: Predictor, chunk: int = CHUNK_SLICES) -> None:
+    def __init__(self, predictor: Segmenter, chunk: int = CHUNK_SLICES) -> None:
+        if not isinstance(predictor, Predictor):  # fold averages and ensembles of volumes: not built yet
+            raise ConfigError("volumes are predicted with one run or checkpoint; cross-validated runs and "
+                              "ensembles predict 2D images only for now")
         self.predictor = predictor
         self.chunk = chunk
 
@@ -83,7 +87,7 @@ class VolumePredictor:
 
     @property
     def _channels(self) -> int:
-        return self.predictor.model.cfg.out_channels
+        return self.predictor.network.cfg.out_channels
 
 
 def validate_volumes(predictor: Predictor, val: VolumeCache) -> float:

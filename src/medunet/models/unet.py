@@ -81,13 +81,20 @@ class UNet(nn.Module):
                                       nn.Conv2d(2, cfg.out_channels, 1))
         else:
             self.head = nn.Conv2d(widths[0], cfg.out_channels, 1)
+        # Deep supervision: a 1×1 head on the decoder levels at 1/2 and 1/4 of the resolution,
+        # trained on the labels at that size; used in training only (eval and exports return the
+        # full-resolution logits alone).
+        levels = min(2, cfg.depth - 1) if cfg.deep_supervision else 0
+        self.aux_heads = nn.ModuleList(nn.Conv2d(widths[k], cfg.out_channels, 1) for k in range(1, levels + 1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """Logits `(B, K, H, W)`; in training with deep supervision, a list: those first, then
+        the auxiliary logits at 1/2 and 1/4 of the (padded) size."""
         h, w = x.shape[-2:]
         m = self.cfg.multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        # Padded even by zero rows: a branch on the size would be frozen into an exported graph at
+        # the size it was traced with (ONNX, TorchScript), and odd sizes would then fail there.
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
         skips = []
         for level, block in enumerate(self.down):
             if level:
@@ -95,9 +102,16 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         skips.pop()
+        decoded = []
         for up, conv in zip(self.ups, self.up_convs):
             x = conv(torch.cat([skips.pop(), up(x)], dim=1))
-        return self.head(x)[..., :h, :w]
+            decoded.append(x)
+        logits = self.head(x)[..., :h, :w]
+        if not (self.training and len(self.aux_heads)):
+            return logits
+        # decoded[-1] is full resolution, decoded[-1 - k] is 1/2**k
+        aux = [head(decoded[-1 - k])[..., :-(-h // 2**k), :-(-w // 2**k)] for k, head in enumerate(self.aux_heads, 1)]
+        return [logits, *aux]
 
 
 def count_parameters(model: nn.Module) -> int:

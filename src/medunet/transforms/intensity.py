@@ -95,3 +95,24 @@ def _moments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sq = [sum(float(np.square(row[i:i + _CHUNK] - np.float32(m), dtype=np.float64).sum())
               for i in range(0, row.size, _CHUNK)) for row, m in zip(flat, mean)]
     return mean, np.sqrt(np.asarray(sq) / max(flat.shape[1], 1))
+
+
+def describe_normalisation(cfg: DataConfig) -> str:
+    """What `normalise` computes for `cfg`, as a formula a user can reproduce outside medunet."""
+    channels = ("1 channel: a colour image is averaged to grey" if cfg.channels == 1
+                else "3 channels, RGB: a grey image is repeated")
+    if cfg.normalise == "window":
+        lo, hi = cfg.window  # type: ignore[misc]
+        formula = f"(clip(x, {lo:g}, {hi:g}) - {lo:g}) / {hi - lo:g}"
+    elif cfg.normalise == "ct":
+        (lo, hi), (mean, std) = cfg.ct_clip, cfg.ct_stats  # type: ignore[misc]
+        formula = f"(clip(x, {lo:g}, {hi:g}) - {mean:g}) / {max(std, _EPS):g}, the dataset's CT numbers"
+    elif cfg.normalise in ("zscore", "auto"):
+        formula = f"(x - mean) / max(std, {_EPS:g}), mean and std over the whole image, per channel"
+    else:
+        formula = f"(x - min) / max(max - min, {_EPS:g}), over the whole image, per channel"
+        if cfg.normalise == "percentile":
+            p_lo, p_hi = cfg.percentiles
+            formula = (f"x clipped to its {p_lo:g}th and {p_hi:g}th percentiles (whole image, per channel), "
+                       f"then {formula}")
+    return f"{cfg.normalise}: x float32 as stored (no rescaling of 8/16-bit values), {formula}; {channels}"

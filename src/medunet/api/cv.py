@@ -1,0 +1,168 @@
+"""train_folds(): K-fold cross-validation inside one budget, out-of-fold predictions, and the
+post-processing tuned on them.
+
+A cross-validated run folder holds `config.json` (kind "cross-validation", the plan), `split.json`
+(each case's fold), `folds/k/` (a complete run each: its checkpoints validate on fold k),
+`oof/` (every case's out-of-fold probabilities, float16 `.npy`, and `metrics.csv`) and `cv.json`
+(per-fold metrics, their mean ± sd, the tuned post-processing). `predict`/`evaluate` on it average
+the folds (`medunet.engine.ensemble`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medunet import __version__
+from medunet.api.train import (Dataset, check_run_folder, decode_dataset, train_prepared)
+from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig, augment_preset, replace, to_dict
+from medunet.data.cache import Cache, build_caches
+from medunet.data.pairs import Pair, split_folds, write_split
+from medunet.engine import postprocess
+from medunet.engine.checkpoint import load_checkpoint, save_checkpoint
+from medunet.engine.device import resolve_device
+from medunet.engine.ensemble import CV_FILE
+from medunet.engine.planner import make_plan
+from medunet.engine.precision import Precision
+from medunet.engine.predictor import Predictor
+from medunet.errors import ConfigError
+from medunet.io.outputs import clear, write_json
+from medunet.metrics import SCORES, class_counts, defined_mean, image_metrics, summarise
+
+logger = logging.getLogger(__name__)
+
+KEYS = tuple(f"{name}_mean" for name in SCORES) + ("dice_global",)   # summarised per fold
+
+
+def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | None = None,
+                cfg: TrainConfig | None = None, augment: AugmentConfig | None = None,
+                overwrite: bool = False, progress: bool = True) -> Path:
+    """Cross-validate on `data` (train/ and validation/ together) in `folds` folds; returns `out`.
+
+    Folds keep `data_cfg.group_by` groups (or cases) whole. With `cfg.time_budget`, the folds share
+    it: each gets what is left divided by the folds still to train, so the whole run ends in it.
+    """
+    cfg, data_cfg = cfg or TrainConfig(), data_cfg or DataConfig()
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    out = Path(out)
+    check_run_folder(out, overwrite)
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    augment = augment or augment_preset(cfg.augment)
+    decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True)
+    pairs = decoded.splits["train"]
+    if decoded.fingerprint.volumes is not None:  # out-of-fold volumes, fold averages per slice: not built yet
+        raise ConfigError(f"{data}: --folds is for 2D datasets for now; train volumes without --folds")
+    fold_of = split_folds(pairs, folds, cfg.seed, data_cfg.group_by)
+    n = decoded.encoding.n_classes
+    fp = dataclasses.replace(decoded.fingerprint, n_validation=len(pairs) // folds)
+    plan = make_plan(fp, replace(data_cfg, channels=fp.channels), cfg, device, 1 if n == 2 else n)
+    for line in plan.lines():
+        logger.info("plan: %s", line)
+    train_cache, val_cache = build_caches(decoded.train, plan.data, decoded.encoding)
+    clear(out)
+    out.mkdir(parents=True)
+    _write_cv_files(out, plan, cfg, data_cfg, decoded.encoding, pairs, fold_of, decoded.splits.get("test"))
+    oof: dict[str, np.ndarray] = {}
+    for k in range(folds):
+        budget = None if cfg.time_budget is None else max(1.0, (cfg.time_budget - (time.perf_counter() - start))
+                                                         / (folds - k))
+        train_idx = [i for i, f in enumerate(fold_of) if f != k]
+        val_idx = [i for i, f in enumerate(fold_of) if f == k]
+        fold_plan = dataclasses.replace(plan, train=replace(plan.train, time_budget=budget))
+        splits = {"train": [pairs[i] for i in train_idx], "validation": [pairs[i] for i in val_idx]}
+        dataset = Dataset(train_cache.subset(train_idx), val_cache.subset(val_idx), splits, decoded.encoding,
+                          fold_plan, data_cfg)
+        logger.info("fold %d/%d: %d train, %d validation cases%s", k + 1, folds, len(train_idx), len(val_idx),
+                    f", {budget:.0f} s" if budget else "")
+        run = train_prepared(dataset, out / "folds" / str(k), cfg, augment, device, progress, tune_after=False)
+        oof.update(_out_of_fold(run, dataset.val, device))
+    summary = _tune_and_summarise(out, oof, val_cache, fold_of, decoded.encoding.n_classes, folds)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out / CV_FILE, summary)
+    logger.info("cross-validation: Dice %.4f ± %.4f over %d folds (out of fold, %s), %.0f s; run folder %s",
+                summary["mean"]["dice_mean"], summary["sd"]["dice_mean"], folds,
+                postprocess.PostprocessConfig.from_dict(summary["postprocess"]).describe(), summary["seconds"], out)
+    return out
+
+
+def _out_of_fold(run: Path, val: Cache, device: torch.device) -> dict[str, np.ndarray]:
+    """Probabilities of the fold's best.pt on its validation cases, float16 at full size, written to
+    `oof/` beside the folds (in the precision the fold trained in)."""
+    import json
+
+    chosen = json.loads((run / "config.json").read_text())["precision"]["chosen"]
+    predictor = Predictor.from_checkpoint(run / "checkpoints" / "best.pt",
+                                          PredictConfig(device=device.type, postprocess=False),
+                                          precision=Precision.from_name(chosen))
+    outputs = predictor.outputs_prepared(val.images, [label.shape for label in val.labels])
+    folder = run.parent.parent / "oof"
+    folder.mkdir(exist_ok=True)
+    probs = {}
+    for stem, output in zip(val.stems, outputs):
+        probs[stem] = output.probs.astype(np.float16)
+        np.save(folder / f"{stem}.npy", probs[stem])
+    return probs
+
+
+def _tune_and_summarise(out: Path, oof: dict[str, np.ndarray], cache: Cache, fold_of: list[int],
+                        n_classes: int, folds: int) -> dict:
+    """Tune the post-processing on all out-of-fold probabilities, store it in every fold's best.pt,
+    and summarise the folds with it: per-fold means, their mean and sd, and all cases pooled."""
+    probs = [oof[stem] for stem in cache.stems]
+    result = postprocess.tune(probs, cache.labels, n_classes)
+    for k in range(folds):
+        path = out / "folds" / str(k) / "checkpoints" / "best.pt"
+        ckpt = load_checkpoint(path)
+        ckpt.postprocess = result.config.to_dict()
+        save_checkpoint(path, ckpt)
+    rows, counts = [], []
+    for stem, p, truth, k in zip(cache.stems, probs, cache.labels, fold_of):
+        mask = postprocess.apply(p, result.config)
+        rows.append({"stem": stem, "fold": k, **image_metrics(truth, mask, n_classes)})
+        counts.append(class_counts(truth, mask, n_classes))
+    _write_rows(out / "oof" / "metrics.csv", rows)
+    per_fold = []
+    for k in range(folds):
+        mine = [i for i, f in enumerate(fold_of) if f == k]
+        entry = summarise([rows[i] for i in mine], [counts[i] for i in mine], n_classes)
+        per_fold.append({"fold": k, "n_images": entry["n_images"], "n_empty_both": entry["n_empty_both"],
+                         **{key: entry[key] for key in KEYS}})
+    return {"kind": "cross-validation", "folds": folds, "version": __version__,
+            "postprocess": result.config.to_dict(), "tune": result.to_dict(),
+            "mean": {key: defined_mean(f[key] for f in per_fold) for key in KEYS},
+            "sd": {key: _sd([f[key] for f in per_fold]) for key in KEYS},
+            "per_fold": per_fold, "out_of_fold": summarise(rows, counts, n_classes)}
+
+
+def _sd(values: list[float]) -> float:
+    """Standard deviation over the folds where the value is defined; NaN where none is."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(a.std()) if a.size else float("nan")
+
+
+def _write_cv_files(out: Path, plan, cfg: TrainConfig, requested: DataConfig, encoding, pairs: list[Pair],
+                    fold_of: list[int], test: list[Pair] | None) -> None:
+    write_json(out / "config.json", {
+        "kind": "cross-validation", "version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "folds": max(fold_of) + 1, "data": to_dict(plan.data), "train": to_dict(plan.train),
+        "label_encoding": encoding.to_dict(), "plan": plan.to_dict(),
+        "requested": {"data": to_dict(requested), "train": to_dict(cfg)}})
+    splits = {f"fold{k}": [p for p, f in zip(pairs, fold_of) if f == k] for k in range(max(fold_of) + 1)}
+    if test:
+        splits["test"] = test
+    write_split(out / "split.json", splits, requested.group_by)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
