@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medunet.cli import main
-from medunet.io.volumes import read_label_volume, read_volume, read_volume_source
+from medunet.io.volumes import read_label_volume
 from volume_data import SMALL, brain_like_dataset, mr_series_dataset, shifted_phantom, volume_dataset
 from volumes import (SECRETS, dice, oblique_geometry, rtstruct_labels, write_dicom_series, write_itk_file,
                      write_nifti_file)

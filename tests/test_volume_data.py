@@ -149,3 +149,31 @@ def test_the_plan_tells_ct_from_mr_and_resamples_only_differing_grids(tmp_path: 
     given = prepare_dataset(decode_dataset(data, DataConfig(), seed=0), DataConfig(target_spacing="off", context=2),
                             TINY, CPU).plan
     assert given.data.target_spacing == "off" and given.data.context == 2
+
+
+def test_slice_axis_and_window_given_on_the_command_line_are_kept(tmp_path: Path) -> None:
+    """`--slice-axis z` slices the sagittal-like stacks along Z instead of their largest spacing (X);
+    `--window` replaces the plan's CT normalisation, applied over the whole volume."""
+    from medunet.cli import _join_negative_pairs, _settings, build_parser
+
+    geometry = VolumeGeometry(shape=(8, 16, 6), spacing=(0.8, 0.8, 4.0), origin=(0, 0, 0),
+                              direction=tuple(np.eye(3).ravel()))
+    data = volume_dataset(tmp_path / "data", {"train": 3}, shape=(8, 16, 6), geometry=geometry)
+    argv = ["train", str(data), "--slice-axis", "z", "--window", "-200,300", "--context", "0"]
+    args = build_parser().parse_args(_join_negative_pairs(argv))
+    data_cfg, _ = _settings(args)
+    assert data_cfg.slice_axis == 0 and data_cfg.normalise == "window"
+    dataset = prepare_dataset(decode_dataset(data, data_cfg, seed=0), data_cfg, TINY, CPU)
+    assert dataset.plan.data.slice_axis == 0 and dataset.plan.data.normalise == "window"
+    assert dataset.plan.data.input_channels == 1
+    for volume, grid in zip(dataset.train.volumes, dataset.train.grids):
+        assert grid.axis == 0 and volume.shape == (8, 16, 6)
+        assert 0.0 <= float(volume.min()) and float(volume.max()) <= 1.0  # (clip(x, -200, 300) + 200) / 500
+
+
+def test_cross_validation_of_volumes_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    data = volume_dataset(tmp_path / "data", {"train": 3})
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--folds", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--folds is for 2D datasets" in err[0]
+    assert not (tmp_path / "run").exists()
