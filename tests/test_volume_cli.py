@@ -53,6 +53,15 @@ def test_train_tune_evaluate_predict_report_resume(ct_run: tuple[Path, Path], tm
     assert len((run / "history.csv").read_text().strip().splitlines()) == 4
 
 
+def test_model_card_of_a_volume_run_describes_the_volume_input(ct_run: tuple[Path, Path], capsys) -> None:
+    _, run = ct_run
+    assert main(["info", str(run), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["preprocessing"].startswith("ct: ") and "dataset's CT numbers" in card["preprocessing"]
+    assert "3 channel(s): a slice and its 1 neighbours either side" in card["preprocessing"]
+    assert card["training_data"]["train"] == 4 and "case_" not in json.dumps(card)  # counts, never names
+
+
 def test_nifti_prediction_keeps_the_affine_codes_and_shape(ct_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = ct_run
     out = tmp_path / "pred"

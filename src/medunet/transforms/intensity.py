@@ -98,9 +98,16 @@ def _moments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def describe_normalisation(cfg: DataConfig) -> str:
-    """What `normalise` computes for `cfg`, as a formula a user can reproduce outside medunet."""
+    """What `normalise` computes for `cfg`, as a formula a user can reproduce outside medunet
+    (for a volume run: over the whole volume, and the 2.5D channels it feeds)."""
     channels = ("1 channel: a colour image is averaged to grey" if cfg.channels == 1
                 else "3 channels, RGB: a grey image is repeated")
+    whole = "the whole image"
+    if cfg.slice_axis is not None:  # set by the plan for volume datasets only
+        k = cfg.context or 0
+        whole = "the whole volume"
+        channels = (f"{2 * k + 1} channel(s): a slice and its {k} neighbours either side along the slice axis "
+                    "(the edge slice repeated beyond the volume)")
     if cfg.normalise == "window":
         lo, hi = cfg.window  # type: ignore[misc]
         formula = f"(clip(x, {lo:g}, {hi:g}) - {lo:g}) / {hi - lo:g}"
@@ -108,11 +115,11 @@ def describe_normalisation(cfg: DataConfig) -> str:
         (lo, hi), (mean, std) = cfg.ct_clip, cfg.ct_stats  # type: ignore[misc]
         formula = f"(clip(x, {lo:g}, {hi:g}) - {mean:g}) / {max(std, _EPS):g}, the dataset's CT numbers"
     elif cfg.normalise in ("zscore", "auto"):
-        formula = f"(x - mean) / max(std, {_EPS:g}), mean and std over the whole image, per channel"
+        formula = f"(x - mean) / max(std, {_EPS:g}), mean and std over {whole}, per channel"
     else:
-        formula = f"(x - min) / max(max - min, {_EPS:g}), over the whole image, per channel"
+        formula = f"(x - min) / max(max - min, {_EPS:g}), over {whole}, per channel"
         if cfg.normalise == "percentile":
             p_lo, p_hi = cfg.percentiles
-            formula = (f"x clipped to its {p_lo:g}th and {p_hi:g}th percentiles (whole image, per channel), "
+            formula = (f"x clipped to its {p_lo:g}th and {p_hi:g}th percentiles ({whole}, per channel), "
                        f"then {formula}")
     return f"{cfg.normalise}: x float32 as stored (no rescaling of 8/16-bit values), {formula}; {channels}"
