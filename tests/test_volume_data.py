@@ -177,3 +177,17 @@ def test_cross_validation_of_volumes_is_refused_in_one_line(tmp_path: Path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--folds is for 2D datasets" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_fold_and_ensemble_averages_are_refused_for_volumes() -> None:
+    from types import SimpleNamespace
+
+    from medunet.config import PredictConfig
+    from medunet.engine.ensemble import Ensemble
+    from medunet.engine.postprocess import PostprocessConfig
+    from medunet.engine.volume_predictor import VolumePredictor
+    from medunet.errors import ConfigError
+
+    folds = Ensemble([SimpleNamespace(encoding=None, area_stats={})], PostprocessConfig(), PredictConfig())
+    with pytest.raises(ConfigError, match="volumes are predicted with one run or checkpoint"):
+        VolumePredictor(folds)
