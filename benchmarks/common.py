@@ -76,6 +76,24 @@ def cvc_by_sequence(root: Path, first_test_frame: int = 504) -> Path:
     return root
 
 
+def hippocampus(root: Path) -> Path:
+    """MSD Task04 hippocampus (260 volumes) split by sorted case name: every 5th case (the 5th,
+    10th, ...: names[4::5], 52 cases) → test/, the other 208 → train/ (symlinks, nothing copied)."""
+    src = SHARED / "msd-hippocampus" / "train"
+    names = sorted(p.name for p in (src / "image").glob("*.nii.gz"))
+    test = set(names[4::5])
+    if root.exists():
+        shutil.rmtree(root)
+    for split in ("train", "test"):
+        for sub in ("image", "label"):
+            (root / split / sub).mkdir(parents=True)
+    for name in names:
+        split = "test" if name in test else "train"
+        for sub in ("image", "label"):
+            (root / split / sub / name).symlink_to(src / sub / name)
+    return root
+
+
 def drive() -> Path:
     """DRIVE as shipped: train/ (20) and test/ (20), the official split; fov/ beside image/ and label/."""
     return SHARED / "drive-retina"

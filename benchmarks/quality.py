@@ -1,11 +1,14 @@
 """Test Dice after a fixed CPU time budget with the default settings (the plan), for each inference variant.
 
-Usage: .venv/bin/python benchmarks/quality.py isbi|drive|cvc|busi [--time 10m] [--seed 0] [--folds K]
+Usage: .venv/bin/python benchmarks/quality.py isbi|drive|cvc|busi|hippocampus [--time 10m] [--seed 0] [--folds K]
                                               [--augment default] [--extra ARGS...]
   isbi : ISBI 2012 membranes as foreground, images 0–23 train / 24–29 test, mean Dice over the 6
   drive: DRIVE official split; vessel F1 inside the field of view, pooled over the 20 test images
   cvc  : CVC-ClinicDB subset split by sequence (frames ≥ 504 test), mean Dice
   busi : BUSI breast ultrasound as shipped (74 train / 24 test), mean Dice
+  hippocampus: MSD Task04 volumes, every 5th case by sorted name as test (52), the other 208 to
+         train; mean 3D Dice over the two classes and the 52 cases (ANCHORS.md: MONAI BasicUNet on
+         2D slices 0.783 in 10 minutes on the 2-core Xeon; benchmarks/anchor_basicunet.py hippocampus)
 Prints one markdown row per inference variant (plain threshold 0.5, TTA flips, tuned
 post-processing, both) with the plan's input scale and crop, the epochs trained and the seconds.
 With --folds K the run is cross-validated inside the same budget and the rows are the fold
@@ -18,7 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
-from common import OUT, SHARED, cvc_by_sequence, drive, f1_inside_fov, isbi_membranes, machine, medunet
+from common import OUT, SHARED, cvc_by_sequence, drive, f1_inside_fov, hippocampus, isbi_membranes, machine, medunet
 
 import medunet as mu
 
@@ -30,6 +33,8 @@ def prepare(name: str) -> Path:
         return cvc_by_sequence(OUT / "cvc-by-sequence")
     if name == "busi":
         return SHARED / "busi-ultrasound"
+    if name == "hippocampus":
+        return hippocampus(OUT / "hippocampus-split")
     return drive()
 
 
@@ -40,7 +45,10 @@ def score(name: str, run: Path, data: Path, variant: str, **options) -> float:
     if name == "drive":
         mu.predict(run, data / "test" / "image", out, overwrite=True, progress=False, **options)
         return f1_inside_fov(out, data / "test")
-    return mu.evaluate(run, data / "test", out, overwrite=True, **options)["dice_mean"]
+    summary = mu.evaluate(run, data / "test", out, overwrite=True, **options)
+    if "per_class" in summary:  # hippocampus: the two classes' mean 3D Dice beside the headline
+        print(f"  {variant}: per class " + ", ".join(f"{k}: {c['dice_mean']:.4f}" for k, c in summary["per_class"].items()))
+    return summary["dice_mean"]
 
 
 def trained_epochs(run: Path) -> str:
@@ -50,7 +58,7 @@ def trained_epochs(run: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("dataset", choices=("isbi", "drive", "cvc", "busi"))
+    parser.add_argument("dataset", choices=("isbi", "drive", "cvc", "busi", "hippocampus"))
     parser.add_argument("--time", default="10m")
     parser.add_argument("--seed", default="0")
     parser.add_argument("--folds", type=int)

@@ -93,7 +93,7 @@ def test_layout_problems_are_named(tmp_path):
     assert "no train/ folder" in text
     assert "val/: not a split medunet reads (train, validation, test): rename it to validation/" in text
     assert "rename masks/ to label/" in text
-    assert "DICOM files are not read" in text
+    assert "put each series in a folder of its own" in text
 
 
 def test_single_split_folder(tmp_path):
@@ -375,10 +375,11 @@ def test_real_cvc_clinicdb_masks_are_near_binary():
     assert "99.9% of the pixels are 0 or 255" in report.encoding
 
 
-def test_real_msd_hippocampus_nifti_is_explained():
-    report = diagnose(shared_dataset("msd-hippocampus"), quick=True)
-    assert not report.ok
-    assert "NIfTI files are not read" in messages(report, "warning")
+def test_real_msd_hippocampus_volumes_are_read():
+    report = diagnose(shared_dataset("msd-hippocampus"))
+    assert report.ok and report.splits["train"].n_readable == 260
+    assert report.encoding.startswith("3 classes: 0, 1, 2")
+    assert "maximum 112 to 1.704e+06" in messages(report, "warning")  # normalise per volume
 
 
 def test_binary_01_mask_among_jpeg_masks_reads_empty_and_fix_repairs_it(disc_data, tmp_path):

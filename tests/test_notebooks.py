@@ -86,7 +86,7 @@ def _figures(nb) -> int:
     return sum("image/png" in o.get("data", {}) for t in ("display_data", "execute_result") for o in _outputs(nb, t))
 
 
-@pytest.mark.parametrize("name", ["train.ipynb", "predict.ipynb"])
+@pytest.mark.parametrize("name", ["train.ipynb", "predict.ipynb", "volumes.ipynb"])
 def test_committed_notebook_is_stripped(name: str) -> None:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -120,3 +120,14 @@ def test_train_then_predict(tmp_path: Path, kernel_name: str) -> None:
         assert (workdir / "predictions" / f"{image_path.stem}_overlay.png").is_file()
     summary = json.loads((workdir / "eval" / "summary.json").read_text())
     assert summary["n_images"] == 3 and 0.0 <= summary["dice_mean"] <= 1.0
+
+
+def test_volumes_notebook(tmp_path: Path, kernel_name: str) -> None:
+    workdir = tmp_path / "work"
+    nb = execute("volumes.ipynb", {"WORKDIR": str(workdir), "COUNTS": {"train": 2, "validation": 1, "test": 1},
+                                   "EPOCHS": 1, "SAMPLES_PER_EPOCH": 8, "PRESET": "tiny", "DEVICE": "cpu"},
+                 tmp_path, kernel_name)
+    assert not _outputs(nb, "error") and _figures(nb) == 2  # the data's slices, the prediction's
+    mask = workdir / "predictions" / "case_001.nii.gz"
+    assert mask.is_file() and (workdir / "eval" / "summary.json").is_file()
+    assert json.loads((workdir / "eval" / "summary.json").read_text())["unit"] == "case"

@@ -16,6 +16,7 @@ SECRETS = {"PatientName": "Test^Secret", "PatientID": "ID-SECRET-123", "PatientB
            "StudyDate": "20990405", "SeriesDate": "20990405", "ContentDate": "20990406",
            "AccessionNumber": "ACC-SECRET-9", "InstitutionName": "Secret Hospital"}
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
@@ -78,7 +79,7 @@ def write_itk_file(path: Path, array: np.ndarray, geometry: VolumeGeometry) -> P
 def write_dicom_series(folder: Path, hu: np.ndarray, geometry: VolumeGeometry, *, seed: int = 0,
                        series_uid: str | None = None, study_uid: str | None = None,
                        frame_uid: str | None = None, offsets: list[float] | None = None,
-                       thickness: float | None = None, prefix: str = "im") -> dict:
+                       thickness: float | None = None, prefix: str = "im", modality: str = "CT") -> dict:
     """A synthetic CT series of a (Z, Y, X) HU volume, one file per slice, into `folder`.
 
     File names and InstanceNumbers are shuffled (neither follows the geometry), pixels stored as
@@ -88,6 +89,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, geometry: VolumeGeometry, *
         offsets: slice positions along the normal in mm (default k × spacing): gaps and missing
             slices are made by giving others. `hu` must have one slice per offset.
         thickness: SliceThickness (default the spacing), to tell it apart from the step.
+        modality: "CT" (CT Image Storage) or "MR" (MR Image Storage).
 
     Returns:
         {"series_uid", "study_uid", "frame_uid", "files" (in geometry order), "sop_uids"}.
@@ -105,28 +107,29 @@ def write_dicom_series(folder: Path, hu: np.ndarray, geometry: VolumeGeometry, *
     for k in range(n):
         sop = generate_uid()
         path = folder / f"{prefix}{names[k]:04d}{'.dcm' if k % 3 else ''}"  # some without a suffix
-        _write_slice(path, hu[k], geometry, offsets[k], thickness, int(numbers[k]), sop, uids)
+        _write_slice(path, hu[k], geometry, offsets[k], thickness, int(numbers[k]), sop, uids, modality)
         files.append(path)
         sops.append(sop)
     return {**uids, "files": files, "sop_uids": sops}
 
 
 def _write_slice(path: Path, hu: np.ndarray, geometry: VolumeGeometry, offset: float,
-                 thickness: float | None, number: int, sop: str, uids: dict) -> None:
+                 thickness: float | None, number: int, sop: str, uids: dict, modality: str = "CT") -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     d = geometry.direction_matrix
     position = np.asarray(geometry.origin) + offset * d[:, 2]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_IMAGE_STORAGE, sop
+    storage = MR_IMAGE_STORAGE if modality == "MR" else CT_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = storage, sop
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     for key, value in SECRETS.items():
         setattr(ds, key, value)
     ds.PatientSex, ds.StudyTime, ds.StudyID, ds.ReferringPhysicianName = "O", "101112", "1", ""
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CT_IMAGE_STORAGE, sop, "CT"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = storage, sop, modality
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study_uid"], uids["series_uid"]
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = uids["frame_uid"], ""
     ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 7, number, "synthetic"

@@ -38,6 +38,29 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _slice_axis(text: str) -> int | str:
+    """"auto" → each case's through-plane axis; z, y, x or 0, 1, 2 → that array axis of (Z, Y, X)."""
+    axes = {"auto": "through-plane", "z": 0, "y": 1, "x": 2, "0": 0, "1": 1, "2": 2}
+    if text.lower() not in axes:
+        raise argparse.ArgumentTypeError(f"expected auto, z, y or x (or 0, 1, 2), got {text!r}")
+    return axes[text.lower()]
+
+
+def _target_spacing(text: str) -> tuple[float, float] | str:
+    """"median", "off", or ROW,COL in mm."""
+    if text.lower() in ("median", "off"):
+        return text.lower()
+    try:
+        row, col = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected median, off or ROW,COL in mm, got {text!r}") from None
+    return row, col
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
 def _box(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(v) for v in text.split(","))
@@ -122,7 +145,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", default="default", help="augmentation preset")
-    p.add_argument("--normalise", help="zscore | minmax | window | percentile (default: the plan's)")
+    p.add_argument("--normalise", help="zscore | minmax | window | percentile | ct (default: the plan's; "
+                                       "volumes: ct for CT, else z-score per volume)")
     p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window (implies --normalise window)")
     p.add_argument("--percentiles", type=_pair,
                    help="LOW,HIGH clip percentiles, default 0.5,99.5 (implies --normalise percentile)")
@@ -138,6 +162,17 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-by", metavar="REGEX",
                    help="the regex's first match in a file stem names its group (patient, sequence): "
                         "the validation split keeps groups whole, e.g. '^[^_]+' or 'patient(\\d+)'")
+    volumes = p.add_argument_group("volumes")
+    volumes.add_argument("--slice-axis", type=_slice_axis,
+                         help="auto (each case's largest spacing) | z | y | x: the axis a volume is sliced along")
+    volumes.add_argument("--spacing", type=_target_spacing, dest="target_spacing", metavar="median|off|ROW,COL",
+                         help="in-plane resampling: median (of the cases), off, or ROW,COL mm (default: the "
+                              "plan's: the median when cases differ by more than 5%%, else off)")
+    volumes.add_argument("--context", type=int, metavar="K",
+                         help="2.5D: K slices either side as extra input channels (default: the plan's)")
+    volumes.add_argument("--class-names", type=_names, metavar="A,B,...",
+                         help="names of the foreground classes in id order, for DICOM-SEG/RTSTRUCT "
+                              "(default: DATA/classes.json when present)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -164,6 +199,12 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-box", type=_box, help="X,Y,W,H box of every image through the network, pasted back")
     p.add_argument("--boxes", type=Path, help="CSV of stem,x,y,w,h: one box per image")
     p.add_argument("--batch", type=int, default=4)
+    dicom = p.add_argument_group("volumes and DICOM")
+    dicom.add_argument("--dicom-seg", action="store_true", help="for a DICOM series: also <stem>_seg.dcm (DICOM Segmentation)")
+    dicom.add_argument("--rtstruct", action="store_true", help="for a DICOM series: also <stem>_rtstruct.dcm (RT Structure Set)")
+    dicom.add_argument("--series-uid", metavar="UID", help="the series to read from a folder holding several")
+    dicom.add_argument("--class-names", type=_names, metavar="A,B,...",
+                       help="names of the foreground classes in id order (default: the run's)")
     _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
@@ -205,6 +246,7 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0, help="seed of the training run (the data are always the same)")
+    p.add_argument("--volumes", action="store_true", help="synthetic CT-like volumes (NIfTI) instead of slices")
     p.add_argument("--device", default="auto")
     _add_precision(p)
     p.add_argument("--overwrite", action="store_true")
@@ -288,7 +330,9 @@ def _settings(args: argparse.Namespace):
 
     data_cfg = DataConfig(size=args.size, scale=args.scale, normalise=_normalisation(args), window=args.window,
                           percentiles=args.percentiles or (0.5, 99.5), crop=args.crop_mode, crop_margin=args.crop_margin,
-                          foreground_share=args.foreground_share, label_mode=args.label_mode, group_by=args.group_by)
+                          foreground_share=args.foreground_share, label_mode=args.label_mode, group_by=args.group_by,
+                          slice_axis=args.slice_axis, target_spacing=args.target_spacing, context=args.context,
+                          class_names=tuple(args.class_names) if args.class_names else None)
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                       samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
@@ -328,7 +372,8 @@ def _predict(args: argparse.Namespace, progress: bool) -> None:
     written = medunet.predict(run, images, args.out, overlay=args.overlay,
                               probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
                               overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
-                              **_inference_options(args))
+                              dicom_seg=args.dicom_seg, rtstruct=args.rtstruct, series_uid=args.series_uid,
+                              class_names=args.class_names, **_inference_options(args))
     print(f"{len(written)} masks written to {args.out}")
 
 
@@ -405,7 +450,7 @@ def _demo(args: argparse.Namespace, progress: bool) -> None:
     import medunet
 
     summary = medunet.demo(args.out, seed=args.seed, device=args.device, precision=args.precision,
-                           overwrite=args.overwrite, progress=progress)
+                           overwrite=args.overwrite, progress=progress, volumes=args.volumes)
     print(format_summary(summary))
     print(f"demo finished in {summary['seconds']:.0f} s: test Dice {summary['dice_mean']:.4f}\n"
           f"  data        {summary['data']}\n  run         {summary['run']}\n"
@@ -440,7 +485,8 @@ def format_summary(summary: dict) -> str:
         return "undefined" if value is None or value != value else f"{value:.{digits}f}"
 
     excluded = summary.get("n_empty_both", 0)
-    lines = [f"images            {summary['n_images']}"
+    unit = f"{summary.get('unit', 'image')}s"
+    lines = [f"{unit:<17} {summary['n_images']}" + (" (3D metrics per case)" if unit == "cases" else "")
              + (f" ({excluded} empty in truth and prediction: left out of the means)" if excluded else ""),
              f"Dice (mean)       {num(summary['dice_mean'])}"
              + ("  (no image left to average)" if excluded and excluded == summary["n_images"] else ""),

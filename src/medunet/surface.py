@@ -11,6 +11,9 @@ MONAI returns NaN when truth and prediction are both empty and inf when one is. 
 stays NaN (undefined, left out of means and medians, as for Dice in `medunet.metrics`) and the
 second becomes the image diagonal (`EMPTY_RULE`); `surface_note` says which case occurred.
 
+Volumes: the same in 3D on `(Z, Y, X)` masks with the voxel spacing `(sz, sy, sx)` from the header
+(surface voxels have a 6-neighbour outside; the "diagonal" is the volume's, in mm).
+
 Millimetres come only from a real physical-size source (`pixel_spacing`): a TIFF resolution in
 centimetres or an ImageJ TIFF's length unit. Inch resolutions, PNG pHYs and JPEG dpi are what print
 and screen writers store, not measurements, so they give no spacing.
@@ -45,14 +48,15 @@ DPI_TOLERANCE = 0.01                        # writers round per-cm values: 28.35
 
 
 def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
-                    spacing: tuple[float, float] | None = None) -> dict[str, float | str]:
-    """HD95 and ASSD of one image, for each foreground class and their mean.
+                    spacing: tuple[float, ...] | None = None) -> dict[str, float | str]:
+    """HD95 and ASSD of one image (or volume), for each foreground class and their mean.
 
     Args:
-        truth: `(H, W)` class indices.
-        pred: `(H, W)` class indices, same size.
+        truth: `(H, W)` class indices, or `(Z, Y, X)` for a volume.
+        pred: class indices of the same shape.
         n_classes: classes including background.
-        spacing: (row, column) pixel size in mm, or None for pixels.
+        spacing: (row, column) pixel size in mm — (sz, sy, sx) voxel size for a volume —, or None
+            for pixels (voxels).
 
     Returns:
         `hd95`, `assd` (means over the foreground classes that are defined; NaN when every class
@@ -62,12 +66,12 @@ def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
         under `EMPTY_RULE`). Never inf.
     """
     truth, pred = np.asarray(truth), np.asarray(pred)
-    if truth.ndim != 2 or truth.shape != pred.shape:
-        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} must be (H, W) of one size")
+    if truth.ndim not in (2, 3) or truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} must be (H, W) or (Z, Y, X) of one size")
     if n_classes < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    sy, sx = _check_spacing(spacing)
-    diagonal = math.hypot(truth.shape[0] * sy, truth.shape[1] * sx)
+    steps = _check_spacing(spacing, truth.ndim)
+    diagonal = math.hypot(*(n * s for n, s in zip(truth.shape, steps)))
     unit = "px" if spacing is None else "mm"
     hd95, assd, notes = {}, {}, []
     measured = []
@@ -80,7 +84,7 @@ def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
         hd95[c] = assd[c] = value
         notes.append(_empty_note(c, n_classes, in_truth, in_pred, value, unit))
     if measured:
-        for c, h, a in zip(measured, *_monai_distances(truth, pred, measured, (sy, sx))):
+        for c, h, a in zip(measured, *_monai_distances(truth, pred, measured, steps)):
             hd95[c], assd[c] = h, a
     row: dict[str, float | str] = {"hd95": defined_mean(hd95.values()), "assd": defined_mean(assd.values())}
     if n_classes > 2:
@@ -91,13 +95,14 @@ def surface_metrics(truth: np.ndarray, pred: np.ndarray, n_classes: int,
     return row
 
 
-def _check_spacing(spacing: tuple[float, float] | None) -> tuple[float, float]:
+def _check_spacing(spacing: tuple[float, ...] | None, ndim: int = 2) -> tuple[float, ...]:
     if spacing is None:
-        return 1.0, 1.0
+        return (1.0,) * ndim
     values = tuple(float(s) for s in spacing)
-    if len(values) != 2 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing}")
-    return values  # type: ignore[return-value]
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
+        what = "two positive numbers (row, column)" if ndim == 2 else "three positive numbers (z, y, x)"
+        raise ValueError(f"spacing must be {what}, got {spacing}")
+    return values
 
 
 def _empty_note(c: int, n_classes: int, in_truth: bool, in_pred: bool, value: float, unit: str) -> str:
@@ -109,7 +114,7 @@ def _empty_note(c: int, n_classes: int, in_truth: bool, in_pred: bool, value: fl
 
 
 def _monai_distances(truth: np.ndarray, pred: np.ndarray, classes: list[int],
-                     spacing: tuple[float, float]) -> tuple[list[float], list[float]]:
+                     spacing: tuple[float, ...]) -> tuple[list[float], list[float]]:
     """HD95 and ASSD of `classes` (each non-empty in both masks) from one MONAI call each."""
     import torch  # noqa: PLC0415  (monai's import takes seconds: paid only when distances are asked for)
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance

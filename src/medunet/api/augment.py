@@ -11,8 +11,8 @@ from medunet.io.outputs import staged_folder
 from medunet.config import AugmentConfig, augment_preset
 from medunet.data.cache import read_split
 from medunet.data.encoding import detect_encoding
-from medunet.data.pairs import find_pairs
-from medunet.errors import ConfigError
+from medunet.data.pairs import find_pairs, is_volume_dataset
+from medunet.errors import ConfigError, DataError
 from medunet.io.images import mask_suffix, write_image, write_mask
 from medunet.report.overlay import draw_outlines
 from medunet.transforms.augment import augment_batch
@@ -34,6 +34,9 @@ def augment(split_dir: Path, out: Path, *, to: int = 0, preset: str = "seed", pr
         raise ConfigError("augment needs --to N (pairs to write) and/or --preview N (samples to show)")
     cfg = augment_preset(preset)
     pairs = find_pairs(Path(split_dir))
+    if is_volume_dataset(pairs):
+        raise DataError(f"{split_dir}: medunet augment writes 2D images; volumes are augmented slice by "
+                        "slice during training, nothing to write beforehand")
     raw = read_split(pairs)
     encoding = detect_encoding(raw.labels)
     labels = [encoding.encode(lab.values, lab.path) for lab in raw.labels]

@@ -30,6 +30,7 @@ from medunet.engine.ensemble import CV_FILE
 from medunet.engine.planner import make_plan
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
+from medunet.errors import ConfigError
 from medunet.io.outputs import clear, write_json
 from medunet.metrics import SCORES, class_counts, defined_mean, image_metrics, summarise
 
@@ -56,6 +57,8 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     augment = augment or augment_preset(cfg.augment)
     decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True)
     pairs = decoded.splits["train"]
+    if decoded.fingerprint.volumes is not None:  # out-of-fold volumes, fold averages per slice: not built yet
+        raise ConfigError(f"{data}: --folds is for 2D datasets for now; train volumes without --folds")
     fold_of = split_folds(pairs, folds, cfg.seed, data_cfg.group_by)
     n = decoded.encoding.n_classes
     fp = dataclasses.replace(decoded.fingerprint, n_validation=len(pairs) // folds)

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from medunet.io.outputs import staged_folder
 from medunet.config import PredictConfig
-from medunet.data.pairs import images_by_stem
+from medunet.api.predict_volumes import predict_volumes
+from medunet.data.pairs import check_one_kind, images_by_stem, is_volume_entry
 from medunet.engine.ensemble import load_segmenter
 from medunet.engine.predictor import Output, Segmenter
 from medunet.errors import ConfigError, DataError
@@ -27,7 +28,8 @@ Box = tuple[int, int, int, int]  # X, Y, W, H in pixels of the original image
 
 def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, probabilities: bool = False,
             crop_box: Box | None = None, boxes: Path | None = None, overwrite: bool = False,
-            progress: bool = True, **options) -> list[Path]:
+            progress: bool = True, dicom_seg: bool = False, rtstruct: bool = False, series_uid: str | None = None,
+            class_names: list[str] | None = None, **options) -> list[Path]:
     """Write one mask per image of `images_dir` into `out` (same stem, same size); returns the mask paths.
 
     Masks use the training labels' encoding (0/255, 0/1 or class ids). Only a box of each image
@@ -36,10 +38,29 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     back into a full-size background canvas. `run` is a run folder, a checkpoint or an exported
     `.onnx` file (which needs no run folder). `options` are PredictConfig fields (engine, tta, ...).
     `flags.csv` lists images whose prediction is empty or whose area is unusual for the training data.
+
+    Volumes (`images_dir` a folder of volume files or DICOM series folders, or one of them): one
+    label volume each, in the same format and geometry, predicted slice by slice in batches and
+    post-processed in 3D (`predict_volumes`); `dicom_seg` and `rtstruct` add DICOM outputs for
+    a DICOM series, `series_uid` chooses the series in a folder holding several, `class_names`
+    name the foreground classes there (default: the run's).
     """
     cfg = PredictConfig(**options)
     predictor = load_segmenter(Path(run), cfg)
-    paths = list(images_by_stem(Path(images_dir)).values())  # one mask per stem: clashes refused
+    paths = _entries(Path(images_dir))  # one mask per stem: clashes refused
+    if paths and is_volume_entry(paths[0]):
+        if crop_box or boxes or cfg.crop:
+            raise ConfigError("--crop, --crop-box and --boxes are for 2D images; volumes are predicted whole")
+        flags: list[dict] = []
+        with staged_folder(Path(out), overwrite, "prediction folder") as stage:
+            names = predict_volumes(predictor, paths, stage, probabilities=probabilities, overlay=overlay,
+                                    dicom_seg=dicom_seg, rtstruct=rtstruct, series_uid=series_uid,
+                                    names=class_names, progress=progress,
+                                    on_case=lambda stem, classes: flags.extend(_flag(stem, classes, predictor)))
+            _write_flags(stage / "flags.csv", flags)
+        return [Path(out) / name for name in names]
+    if dicom_seg or rtstruct or series_uid:
+        raise ConfigError("--dicom-seg, --rtstruct and --series-uid are for DICOM series inputs, not 2D images")
     box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []
     flags: list[dict] = []
@@ -64,6 +85,16 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     if flags:
         logger.warning("%d image(s) flagged (empty or unusual area): see %s", len(flags), Path(out) / "flags.csv")
     return written
+
+
+def _entries(images: Path) -> list[Path]:
+    """What to predict: `images` itself when it is one volume file or DICOM series folder, else its
+    entries (2D images, or volume files and series folders: not both)."""
+    if is_volume_entry(images) and (images.is_file() or not any(p.is_dir() for p in images.iterdir())):
+        return [images]
+    paths = list(images_by_stem(images).values())
+    check_one_kind(images, paths)
+    return paths
 
 
 def _geometry(path: Path, hw: tuple[int, int], cfg: PredictConfig, crop_box: Box | None,

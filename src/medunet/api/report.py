@@ -9,11 +9,15 @@ import shlex
 from pathlib import Path
 
 from medunet.data.encoding import LabelEncoding
-from medunet.data.pairs import Pair, find_pairs, natural_key, read_split
+from medunet.config import DataConfig
+from medunet.data.pairs import Pair, find_pairs, is_volume_entry, natural_key, read_split
+from medunet.data.volume_cache import slice_axis
 from medunet.engine.checkpoint import find_checkpoint, load_checkpoint
 from medunet.errors import CheckpointError, DataError
 from medunet.io.images import read_image, read_label
 from medunet.io.outputs import write_text
+from medunet.io.volumes import output_name, read_label_volume, read_volume
+from medunet.report.volume_slices import error_slices
 from medunet.report.html import Evaluation, GalleryItem, Report, overlay_errors, png_bytes, render_report, thumbnail
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,8 @@ def newest_evaluation(run: Path) -> Path | None:
 
 
 def read_evaluation(eval_dir: Path, run: Path) -> Evaluation:
-    """summary.json, metrics.csv and an overlay per image (worst Dice first) of an evaluation folder."""
+    """summary.json, metrics.csv and an overlay per image (worst Dice first) of an evaluation folder;
+    for volumes, a few slices per case through truth and prediction, worst case first."""
     for name in ("summary.json", "metrics.csv"):
         if not (eval_dir / name).is_file():
             raise DataError(f"{eval_dir}: no {name} (not a folder written by `medunet evaluate`)")
@@ -75,7 +80,8 @@ def _gallery(rows: list[dict], eval_dir: Path, split_dir: Path, run: Path) -> li
     """One item per row; a missing or unreadable file gives an item with a note instead of a picture."""
     try:
         pairs = {p.stem: p for p in find_pairs(split_dir)}
-        encoding = load_checkpoint(find_checkpoint(run)).encoding
+        ckpt = load_checkpoint(find_checkpoint(run))
+        encoding = ckpt.encoding
     except (DataError, CheckpointError) as exc:
         logger.warning("report without overlays: %s", exc)
         return [GalleryItem(r["stem"], r.get("dice", float("nan")), note=str(exc)) for r in rows]
@@ -83,7 +89,11 @@ def _gallery(rows: list[dict], eval_dir: Path, split_dir: Path, run: Path) -> li
     for row in rows:
         stem, dice = row["stem"], row.get("dice", float("nan"))
         try:
-            png = _overlay_png(pairs.get(stem), eval_dir / "masks" / f"{stem}.png", encoding)
+            pair = pairs.get(stem)
+            if pair is not None and is_volume_entry(pair.image):  # a few slices through the case
+                png = volume_overlay_png(pair, eval_dir / "masks" / output_name(pair.image), encoding, ckpt.data_config)
+            else:
+                png = _overlay_png(pair, eval_dir / "masks" / f"{stem}.png", encoding)
             items.append(GalleryItem(stem, dice, png=png))
         except (DataError, ValueError) as exc:
             items.append(GalleryItem(stem, dice, note=str(exc)))
@@ -97,6 +107,15 @@ def _overlay_png(pair: Pair | None, mask_path: Path, encoding: LabelEncoding) ->
     truth = encoding.encode(truth_file.values, truth_file.path)
     pred = encoding.encode(pred_file.values, pred_file.path)
     return png_bytes(thumbnail(overlay_errors(read_image(pair.image), truth, pred)))
+
+
+def volume_overlay_png(pair: Pair, mask_path: Path, encoding: LabelEncoding, data_cfg: DataConfig) -> bytes:
+    """Slices through a case's truth and prediction (at the quartiles of their foreground), tinted
+    like the 2D overlays, side by side; the slice axis is the run's."""
+    image = read_volume(pair.image)
+    truth = encoding.encode(read_label_volume(pair.label).array, pair.label)  # type: ignore[arg-type]
+    pred = encoding.encode(read_label_volume(mask_path).array, mask_path)
+    return png_bytes(error_slices(image.array, truth, pred, slice_axis(image.geometry, data_cfg)))
 
 
 def _no_evaluation_hint(run: Path) -> str:

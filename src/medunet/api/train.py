@@ -21,7 +21,9 @@ from medunet.engine.planner import Plan, make_plan
 from medunet.surface import pixel_spacing, split_spacings
 from medunet.data.doctor import ENCODING_CHECKS, check_and_read
 from medunet.data.encoding import LabelEncoding, detect_encoding
-from medunet.data.pairs import dataset_splits, looks_grouped, split_train_val, write_split
+from medunet.data.pairs import dataset_splits, is_volume_dataset, looks_grouped, split_train_val, write_split
+from medunet.data.volume_cache import volume_encoding
+from medunet.data.volume_fingerprint import volume_fingerprint
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import precision as precisions
 from medunet.engine.device import resolve_device
@@ -87,16 +89,19 @@ def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = F
         train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed, data_cfg.group_by)
     train, val = read_split(train_pairs, decoded), read_split(val_pairs, decoded)
     del decoded
-    encoding = detect_encoding(train.labels + val.labels, data_cfg.label_mode)
+    volumes = is_volume_dataset(train_pairs)
+    encoding = (volume_encoding if volumes else detect_encoding)(train.labels + val.labels, data_cfg.label_mode)
     record = {"train": train_pairs, "validation": val_pairs}
     if "test" in splits:
         record["test"] = splits["test"]
     both = RawSplit(train.pairs + val.pairs, train.images + val.images, train.labels + val.labels)
+    counts = dict(n_validation=len(val.pairs), n_test=len(splits.get("test", [])), seed=seed)
+    if volumes:
+        return Decoded(train, val, record, encoding,
+                       volume_fingerprint(both, encoding, slice_axis_setting=data_cfg.slice_axis, **counts))
     spacings = split_spacings([_spacing_or_none(p.image) for p in both.pairs])
     spacing = None if spacings[0] is None else tuple(float(v) for v in np.median(spacings, axis=0))
-    fp = fingerprint(both, encoding, n_validation=len(val.pairs), n_test=len(splits.get("test", [])),
-                     spacing=spacing, seed=seed)
-    return Decoded(train, val, record, encoding, fp)
+    return Decoded(train, val, record, encoding, fingerprint(both, encoding, spacing=spacing, **counts))
 
 
 def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
@@ -182,7 +187,7 @@ def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment:
     data_cfg, cfg = dataset.plan.data, dataset.plan.train
     model, origin = _initial_model(cfg, dataset, start, init)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
-                len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.channels)
+                len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.input_channels)
     precision, speeds = choose_precision(cfg, device, model, data_cfg, cfg.batch)
     logger.info("model: %s preset, %s parameters, on %s, batch %d, %s%s", preset_name(model.cfg),
                 f"{count_parameters(model):,}", device, cfg.batch, precision.name,
@@ -212,7 +217,7 @@ def _initial_model(cfg: TrainConfig, dataset: Dataset, start: Checkpoint | None,
     and weights, which must take the data's channels and give its classes.
     """
     n = dataset.encoding.n_classes
-    channels = {"in_channels": dataset.data_cfg.channels, "out_channels": 1 if n == 2 else n}
+    channels = {"in_channels": dataset.data_cfg.input_channels, "out_channels": 1 if n == 2 else n}
     torch.manual_seed(cfg.seed)  # the initial weights belong to the seed too
     if start is None:
         return UNet(model_preset(cfg.preset, **channels, deep_supervision=cfg.deep_supervision)), {}
@@ -250,7 +255,7 @@ def choose_precision(cfg: TrainConfig, device: torch.device, model: UNet, data_c
     so that two runs cannot differ by what a timing probe happened to pick."""
     if cfg.precision == "auto" and cfg.deterministic:
         return Precision("fp32", False), {}
-    return precisions.choose(cfg.precision, device, model, data_cfg.channels, data_cfg.crop_size, batch)
+    return precisions.choose(cfg.precision, device, model, data_cfg.input_channels, data_cfg.crop_size, batch)
 
 
 def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, resume: dict | None = None,

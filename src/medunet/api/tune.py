@@ -5,26 +5,28 @@ import logging
 from pathlib import Path
 
 from medunet.config import PredictConfig
-from medunet.data.cache import Cache, read_split
-from medunet.data.pairs import find_pairs
+from medunet.data.cache import Cache, build_cache, read_split
+from medunet.data.pairs import find_pairs, is_volume_dataset
+from medunet.data.volume_cache import VolumeCache
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import postprocess
 from medunet.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
+from medunet.engine.volume_predictor import case_probabilities
 from medunet.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 
 def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto", precision: str | Precision = "auto",
-         cache: Cache | None = None) -> postprocess.TuneResult:
+         cache: Cache | VolumeCache | None = None) -> postprocess.TuneResult:
     """Tune post-processing of the run's best checkpoint on its validation split (or `split_dir`).
 
     The choice is written into `checkpoints/best.pt`, so `predict` and `evaluate` apply it. `cache`
     is the validation split already in RAM, normalised with the run's preprocessing, and
     `precision` the one training ran in (training passes both: no file is read twice, and tuning
-    sees the probabilities validation saw).
+    sees the probabilities validation saw). Volumes are tuned in 3D, by per-case 3D Dice.
     """
     run = Path(run)
     path = find_checkpoint(run) if run.is_dir() else run
@@ -32,8 +34,13 @@ def tune(run: Path, split_dir: Path | None = None, *, device: str = "auto", prec
     chosen = precision if isinstance(precision, Precision) else None
     cfg = PredictConfig(device=device, postprocess=False, precision=precision if chosen is None else "auto")
     predictor = Predictor.from_checkpoint(ckpt, cfg, chosen)
-    if cache is None:
-        raw = read_split(find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path))
+    pairs = None if cache is not None else find_pairs(Path(split_dir)) if split_dir else _validation_pairs(path)
+    if pairs is not None and is_volume_dataset(pairs):
+        cache = build_cache(read_split(pairs), ckpt.data_config, ckpt.encoding, consume=True, training=False)
+    if isinstance(cache, VolumeCache):
+        probs, truths = case_probabilities(predictor, cache), cache.labels
+    elif cache is None:
+        raw = read_split(pairs)
         probs = predictor.probabilities(raw.images)
         truths = [ckpt.encoding.encode(lab.values, lab.path) for lab in raw.labels]
     else:

@@ -13,7 +13,9 @@ from medunet.errors import ConfigError
 
 T = TypeVar("T")
 
-NORMALISATIONS = ("auto", "zscore", "minmax", "window", "percentile")
+NORMALISATIONS = ("auto", "zscore", "minmax", "window", "percentile", "ct")
+SLICE_AXES = ("through-plane", 0, 1, 2)  # volumes: each case's largest spacing, or one array axis (Z, Y, X)
+MAX_CONTEXT = 8
 CROPS = ("random", "center", "label_box")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -32,7 +34,7 @@ class DataConfig:
     # its output is resized back, so large images whose objects are large train and predict fast.
     scale: int | None = None
     channels: int = 1                    # 1: colour images are averaged to grey; 3: RGB (grey repeated)
-    normalise: str = "auto"              # auto (the plan: zscore) | zscore | minmax | window | percentile
+    normalise: str = "auto"              # auto (the plan: zscore; ct or per-volume zscore for volumes) | zscore | minmax | window | percentile | ct
     window: tuple[float, float] | None = None      # LOW, HIGH for "window" (e.g. CT in HU)
     percentiles: tuple[float, float] = (0.5, 99.5)  # clip points for "percentile"
     crop: str = "random"                 # random | center | label_box: where training crops come from
@@ -43,6 +45,18 @@ class DataConfig:
     # Regex whose first match in a file stem names its group (a patient, a video sequence): the
     # validation split keeps each group whole, so slices of one patient never sit on both sides.
     group_by: str | None = None
+    # Volumes (2D datasets ignore these). The slice axis: "through-plane" (each case's largest
+    # spacing) or an array axis 0, 1, 2 of the (Z, Y, X) volume.
+    slice_axis: int | str | None = None
+    # In-plane spacing (row, column) mm that every case is resampled to, "off" (each case on its own
+    # grid) or "median" (the plan computes it); None: the plan resamples only when cases differ.
+    target_spacing: tuple[float, float] | str | None = None
+    context: int | None = None           # 2.5D: this many slices either side as extra channels
+    # "ct" (nnU-Net's CT scheme): the dataset's foreground 0.5/99.5 percentiles, and its foreground
+    # mean and std; None until the plan has measured them.
+    ct_clip: tuple[float, float] | None = None
+    ct_stats: tuple[float, float] | None = None
+    class_names: tuple[str, ...] | None = None    # names of the foreground classes, in id order
 
     def __post_init__(self) -> None:
         _check(self.size is None or self.size >= 16, f"--size must be at least 16, got {self.size}")
@@ -61,6 +75,7 @@ class DataConfig:
         _check(self.label_mode in ("auto", "binary", "classes"),
                f"--label-mode must be auto, binary or classes, got {self.label_mode!r}")
         _check(0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check_volume_settings(self)
         if self.group_by is not None:
             try:
                 re.compile(self.group_by)
@@ -76,6 +91,26 @@ class DataConfig:
     def crop_size(self) -> int:
         """The training crop side; 256 until a plan has chosen one."""
         return self.size or 256
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the network sees: the image's, times 2K + 1 slices with `context` K."""
+        return self.channels * (2 * (self.context or 0) + 1)
+
+
+def _check_volume_settings(cfg: DataConfig) -> None:
+    _check(cfg.slice_axis is None or cfg.slice_axis in SLICE_AXES,
+           f"--slice-axis must be auto, z, y, x (or 0, 1, 2), got {cfg.slice_axis!r}")
+    spacing = cfg.target_spacing
+    _check(spacing in (None, "off", "median") or (
+        isinstance(spacing, tuple) and len(spacing) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in spacing)),
+        f"--spacing must be median, off or ROW,COL in mm (two positive numbers), got {spacing!r}")
+    _check(cfg.context is None or (isinstance(cfg.context, int) and 0 <= cfg.context <= MAX_CONTEXT),
+           f"--context must be a whole number of slices from 0 to {MAX_CONTEXT}, got {cfg.context!r}")
+    _check(cfg.ct_clip is None or cfg.ct_clip[0] < cfg.ct_clip[1], f"ct_clip needs LOW < HIGH, got {cfg.ct_clip}")
+    _check(cfg.ct_stats is None or cfg.ct_stats[1] > 0, f"ct_stats needs a positive std, got {cfg.ct_stats}")
+    _check(cfg.class_names is None or all(isinstance(n, str) and n.strip() for n in cfg.class_names),
+           f"--class-names must be non-empty names, got {cfg.class_names!r}")
 
 
 @dataclass(frozen=True)

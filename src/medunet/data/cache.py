@@ -1,6 +1,7 @@
 """Decode every file once into arrays in RAM; batches are cut from these arrays, never from files."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,10 @@ import numpy as np
 
 from medunet.config import DataConfig
 from medunet.data.encoding import LabelEncoding
-from medunet.data.pairs import Pair
+from medunet.data.pairs import Pair, is_volume_dataset
 from medunet.errors import DataError
 from medunet.io.images import LabelFile, read_image, read_label
+from medunet.io.volumes import Volume
 from medunet.transforms.geometry import default_geometry
 from medunet.transforms.preprocess import preprocess
 from medunet.transforms.resize import shrink_labels
@@ -19,7 +21,8 @@ from medunet.transforms.resize import shrink_labels
 
 @dataclass
 class RawSplit:
-    """Decoded files of one split: images as stored (`(H, W)` or `(H, W, 3)`) and raw labels."""
+    """Decoded files of one split: images as stored (`(H, W)` or `(H, W, 3)`) and raw labels; for
+    a volume dataset `Volume`s and LabelFiles of `(Z, Y, X)` class ids (`volume_cache`)."""
 
     pairs: list[Pair]
     images: list[np.ndarray]
@@ -66,6 +69,10 @@ def read_split(pairs: list[Pair], decoded: dict[Path, Any] | None = None) -> Raw
     `decoded` ({resolved path: array or LabelFile}, from the doctor's quick check) is used instead
     of reading a file again.
     """
+    if is_volume_dataset(pairs):
+        from medunet.data.volume_cache import read_volume_split  # noqa: PLC0415 (it builds on this module)
+
+        return read_volume_split(pairs, decoded)
     decoded = decoded or {}
     images, labels = [], []
     for pair in pairs:
@@ -88,9 +95,14 @@ def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, co
 
     With `consume`, each decoded file is dropped from `raw` as soon as its cached form exists, so
     the decoded split and the float32 cache are never both whole in memory (`raw` ends up empty).
+    A volume split gives a `VolumeCache` (`volume_cache.build_volume_cache`).
     """
+    if raw.images and isinstance(raw.images[0], Volume):
+        from medunet.data.volume_cache import build_volume_cache  # noqa: PLC0415
+
+        return build_volume_cache(raw, data_cfg, encoding, consume, training)  # type: ignore[return-value]
     cache = Cache(stems=[p.stem for p in raw.pairs], images=[], labels=[])
-    for i in range(len(raw.images)):
+    for i in each_file(raw, consume):
         label = encoding.encode(raw.labels[i].values, raw.labels[i].path)
         if training:
             image = preprocess(raw.images[i], data_cfg)
@@ -99,12 +111,19 @@ def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, co
             image = preprocess(raw.images[i], data_cfg, default_geometry(*label.shape, data_cfg))
         cache.images.append(image)
         cache.labels.append(label)
+    return cache
+
+
+def each_file(raw: RawSplit, consume: bool) -> Iterator[int]:
+    """The indices of `raw`'s files; with `consume`, file i is let go as soon as the loop's body for
+    it is done, and `raw` ends empty."""
+    for i in range(len(raw.images)):
+        yield i
         if consume:
             raw.images[i] = raw.labels[i] = None  # type: ignore[call-overload]
     if consume:
         raw.images.clear()
         raw.labels.clear()
-    return cache
 
 
 def build_caches(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) -> tuple[Cache, Cache]:

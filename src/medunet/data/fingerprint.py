@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +18,9 @@ from scipy import ndimage
 from medunet.data.cache import RawSplit
 from medunet.data.encoding import LabelEncoding
 from medunet.transforms.intensity import is_colour
+
+if TYPE_CHECKING:
+    from medunet.data.volume_fingerprint import VolumeStats
 
 EIGHT = np.ones((3, 3), dtype=bool)
 MAX_IMAGES = 200          # images measured for the object statistics (a seeded sample beyond)
@@ -69,6 +72,9 @@ class Fingerprint:
     classes: list[ClassStats] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)   # the 5 most common W×H and their counts
     distinct_sizes: int = 0
+    # Volume datasets: spacing, slicing and intensity per case (`volume_fingerprint`); else None.
+    # Counts, sizes and class statistics above are then of cases and of their slices.
+    volumes: VolumeStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

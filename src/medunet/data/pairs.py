@@ -2,6 +2,9 @@
 
 A dataset folder holds `train/` (required), and optionally `validation/` and `test/`, each with
 `image/` and `label/` folders whose files share stems: `image/01.tif` goes with `label/01.gif`.
+Entries may be volumes instead: `.nii`, `.nii.gz`, `.nrrd`, `.mha`/`.mhd` files, and in `image/`
+folders holding a DICOM series, whose label is a volume file with the folder's name
+(`image/case07/` goes with `label/case07.nii.gz`). A dataset is all 2D images or all volumes.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 from medunet.errors import DataError
 from medunet.io.images import IMAGE_SUFFIXES
 from medunet.io.outputs import write_text
+from medunet.io.volumes import VOLUME_SUFFIXES, is_dicom_series_folder, is_volume_file, volume_stem
 
 SPLITS = ("train", "validation", "test")
 MAX_LISTED = 10  # names shown in one error message before "and N more"
@@ -37,10 +41,26 @@ def natural_key(name: str) -> list:
     return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Readable image files directly in `folder`, in natural order (2 before 10).
+def is_image_file(path: Path) -> bool:
+    """A 2D image file by its suffix (case-insensitive), hidden files excluded."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
-    Suffixes are matched case-insensitively (.TIF counts); hidden files, sub-folders and other
+
+def is_volume_entry(path: Path) -> bool:
+    """A volume file, or a folder holding DICOM files (one series, or several to choose from)."""
+    return is_volume_file(path) or (not path.name.startswith(".") and is_dicom_series_folder(path))
+
+
+def entry_stem(path: Path) -> str:
+    """What an entry pairs by: "01.png" → "01", "c1.nii.gz" → "c1", a DICOM folder → its name."""
+    return volume_stem(path) if is_volume_entry(path) else path.stem
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Readable entries directly in `folder`, in natural order (2 before 10): 2D image files,
+    volume files and DICOM series folders.
+
+    Suffixes are matched case-insensitively (.TIF counts); hidden files, other sub-folders and other
     suffixes are ignored.
 
     Raises:
@@ -49,10 +69,10 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    files = [p for p in folder.iterdir()
-             if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    files = [p for p in folder.iterdir() if is_image_file(p) or is_volume_entry(p)]
     if not files:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)} "
+                        "or DICOM series folders)")
     return sorted(files, key=lambda p: (natural_key(p.name), p.name))
 
 
@@ -61,8 +81,34 @@ def group_by_stem(folder: Path) -> dict[str, list[Path]]:
     for the caller to refuse (pairing) or report (the doctor)."""
     found: dict[str, list[Path]] = {}
     for path in list_images(folder):
-        found.setdefault(path.stem, []).append(path)
+        found.setdefault(entry_stem(path), []).append(path)
     return found
+
+
+def is_volume_dataset(pairs: Sequence[Pair]) -> bool:
+    """Whether the pairs are volumes (`check_one_kind` has made sure they are all one kind)."""
+    return bool(pairs) and is_volume_entry(pairs[0].image)
+
+
+def check_one_kind(where: Path, entries: Sequence[Path]) -> None:
+    """DataError naming one of each when `entries` mix 2D images and volumes.
+
+    A 2D network trains on the slices of volumes, but slices and whole 2D images in one dataset
+    would be normalised, split and scored as different things (per image vs per case).
+    """
+    volumes = [p for p in entries if is_volume_entry(p)]
+    flat = [p for p in entries if not is_volume_entry(p)]
+    if volumes and flat:
+        raise DataError(f"{where}: volumes and 2D images in one dataset ({len(volumes)} volume(s), e.g. "
+                        f"{_short(volumes[0], where)}; {len(flat)} 2D image(s), e.g. {_short(flat[0], where)}); "
+                        "medunet trains on one kind: slice the volumes or stack the images")
+
+
+def _short(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def images_by_stem(folder: Path) -> dict[str, Path]:
@@ -103,8 +149,10 @@ def find_pairs(split_dir: Path, labels: bool = True) -> list[Pair]:
                             f"and {split_dir / 'label'})")
     images = images_by_stem(split_dir / "image")
     if not labels:
+        check_one_kind(split_dir, list(images.values()))
         return [Pair(stem, path, None) for stem, path in images.items()]
     masks = images_by_stem(split_dir / "label")
+    check_one_kind(split_dir, list(images.values()) + list(masks.values()))
     _check_orphans(split_dir, images, masks)
     return [Pair(stem, path, masks[stem]) for stem, path in images.items()]
 
@@ -138,7 +186,9 @@ def dataset_splits(data_dir: Path) -> dict[str, list[Pair]]:
         raise DataError(f"{data_dir}: no such folder")
     if not (data_dir / "train").is_dir():
         raise DataError(f"{data_dir}: no train/ folder (expected train/image and train/label)")
-    return {name: find_pairs(data_dir / name) for name in SPLITS if (data_dir / name).is_dir()}
+    splits = {name: find_pairs(data_dir / name) for name in SPLITS if (data_dir / name).is_dir()}
+    check_one_kind(data_dir, [p.image for pairs in splits.values() for p in pairs])
+    return splits
 
 
 def split_train_val(pairs: Sequence[Pair], fraction: float, seed: int,

@@ -34,10 +34,7 @@ class CropSampler:
             centre = self._foreground_centre(int(i)) if self.rng.random() < self.foreground_share else None
             if centre is not None:
                 centre = (centre[0] - y0, centre[1] - x0)
-            (sy, dy), (sx, dx) = (self._window(label.shape[a], None if centre is None else centre[a])
-                                  for a in (0, 1))
-            images[b, :, dy, dx] = image[:, sy, sx]
-            labels[b, dy, dx] = label[sy, sx]
+            place_crop(image, label, centre, images[b], labels[b], self._window)
         return images, labels
 
     def _foreground_centre(self, i: int) -> tuple[int, int] | None:
@@ -47,17 +44,31 @@ class CropSampler:
         return divmod(int(fg[self.rng.integers(fg.size)]), self.cache.labels[i].shape[1])
 
     def _window(self, length: int, centre: int | None) -> tuple[slice, slice]:
-        """(source slice, destination slice) along one axis."""
-        s = self.size
-        if length >= s:
-            if centre is None:
-                start = int(self.rng.integers(0, length - s + 1))
-            else:
-                jitter = int(self.rng.integers(-s // 4, s // 4 + 1))
-                start = int(np.clip(centre - s // 2 + jitter, 0, length - s))
-            return slice(start, start + s), slice(0, s)
-        offset = int(self.rng.integers(0, s - length + 1))
-        return slice(0, length), slice(offset, offset + length)
+        return crop_window(self.rng, self.size, length, centre)
+
+
+def crop_window(rng: np.random.Generator, s: int, length: int, centre: int | None) -> tuple[slice, slice]:
+    """(source slice, destination slice) of an `s`-pixel crop along an axis of `length` pixels:
+    random, or about `centre` with a jitter of a quarter crop; a shorter axis lands at a random
+    offset of the crop."""
+    if length >= s:
+        if centre is None:
+            start = int(rng.integers(0, length - s + 1))
+        else:
+            jitter = int(rng.integers(-s // 4, s // 4 + 1))
+            start = int(np.clip(centre - s // 2 + jitter, 0, length - s))
+        return slice(start, start + s), slice(0, s)
+    offset = int(rng.integers(0, s - length + 1))
+    return slice(0, length), slice(offset, offset + length)
+
+
+def place_crop(image: np.ndarray, label: np.ndarray, centre: tuple[int, int] | None, out_image: np.ndarray,
+               out_label: np.ndarray, window) -> None:
+    """Cut a crop of `image` `(C, H, W)` and `label` `(H, W)` (about `centre`, or random) into
+    `out_image` `(C, S, S)` and `out_label` `(S, S)`; `window(length, centre)` gives each axis."""
+    (sy, dy), (sx, dx) = (window(label.shape[a], None if centre is None else centre[a]) for a in (0, 1))
+    out_image[:, dy, dx] = image[:, sy, sx]
+    out_label[dy, dx] = label[sy, sx]
 
 
 def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, int, int, int]:

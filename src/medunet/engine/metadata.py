@@ -93,7 +93,7 @@ def export_metadata(ckpt: Checkpoint, card: dict[str, Any], graph: dict[str, Any
     return {
         "format": EXPORT_FORMAT,
         "graph": graph,
-        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "channels": ckpt.data_config.channels,
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "channels": ckpt.data_config.input_channels,
                   "height": "any", "width": "any (the graph pads to a multiple of "
                                                   f"{ckpt.model_config.multiple} and crops back)",
                   "preprocessing": describe_normalisation(ckpt.data_config)},

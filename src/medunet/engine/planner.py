@@ -25,6 +25,7 @@ import torch
 from medunet.config import DataConfig, ModelConfig, TrainConfig, model_preset
 from medunet.data.fingerprint import Fingerprint
 from medunet.engine import precision as precisions
+from medunet.engine import volume_plan
 from medunet.engine.metadata import preset_name
 from medunet.models.unet import UNet
 
@@ -96,11 +97,15 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
         choices.append(Choice(name, value, "plan", reason))
         return value
 
-    scale = choose("input scale", data.scale, *_scale(fp))
-    size = choose("crop", data.size, *_crop(fp, scale))
-    normalise = choose("normalisation", data.normalise, "zscore",
-                       "per image and channel: mean 0, standard deviation 1")
-    share = choose("foreground crops", data.foreground_share, *_foreground(fp, size, scale))
+    grid = fp  # the sizes the rules below see: a volume's slices at the chosen in-plane spacing
+    if fp.volumes is not None:
+        data, grid = volume_plan.plan_volume_grid(fp, data, choose)
+    scale = choose("input scale", data.scale, *_scale(grid))
+    size = choose("crop", data.size, *_crop(grid, scale))
+    normalise = choose("normalisation", data.normalise, *_normalisation(fp))
+    share = choose("foreground crops", data.foreground_share, *_foreground(grid, size, scale))
+    if fp.volumes is not None:
+        data = volume_plan.plan_volume_input(fp, replace(data, normalise=normalise), choose)
     if model is not None:
         preset = train.preset
         choices.append(Choice("model", preset_name(model), "user", "the network of --init, with its weights"))
@@ -108,11 +113,13 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
         preset = choose("model", train.preset, *_preset(device))
     batch = choose("batch", train.batch, 32 if device.type == "cuda" else 8,
                    "what the device trains fastest per image at this size")
-    samples = choose("epoch", train.samples_per_epoch, max(fp.n_images, MIN_SAMPLES_PER_EPOCH),
-                     f"crops per epoch: the training images, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
+    units = "slices" if fp.volumes is not None else "images"
+    n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images
+    samples = choose("epoch", train.samples_per_epoch, max(n_units, MIN_SAMPLES_PER_EPOCH),
+                     f"crops per epoch: the training {units}, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
     data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
     train = replace(train, preset=preset, batch=batch, samples_per_epoch=samples)
-    model = model or model_preset(train.preset, in_channels=fp.channels, out_channels=out_channels,
+    model = model or model_preset(train.preset, in_channels=data.input_channels, out_channels=out_channels,
                                   deep_supervision=train.deep_supervision)
     seconds = _seconds_per_epoch(fp, data, train, device, model)
     choices.append(_length(train, seconds))
@@ -136,6 +143,12 @@ def _scale(fp: Fingerprint) -> tuple[int, str]:
                   f"≥ {MIN_THICKNESS:g}); median short side {short} px → {short // best} px")
 
 
+def _normalisation(fp: Fingerprint) -> tuple[str, str]:
+    if fp.volumes is not None:
+        return volume_plan.normalisation(fp)
+    return "zscore", "per image and channel: mean 0, standard deviation 1"
+
+
 def _crop(fp: Fingerprint, scale: int) -> tuple[int, str]:
     h, w = math.ceil(fp.height[1] / scale), math.ceil(fp.width[1] / scale)
     if h * w <= WHOLE_IMAGE_AREA:
@@ -148,11 +161,13 @@ def _crop(fp: Fingerprint, scale: int) -> tuple[int, str]:
 def _foreground(fp: Fingerprint, size: int, scale: int) -> tuple[float, str]:
     rare = [c for c in fp.classes if c.share < RARE_SHARE or c.present < 0.5]
     h, w = math.ceil(fp.height[1] / scale), math.ceil(fp.width[1] / scale)
-    if not rare or size * size >= h * w:
+    whole = size * size >= h * w and fp.volumes is None  # a volume's slices are drawn, whole or not
+    if not rare or whole:
         return 0.0, "random crops: foreground is common enough" if rare == [] else "crops are whole images"
     c = min(rare, key=lambda c: c.share)
+    units = "slices" if fp.volumes is not None else "images"
     return FOREGROUND_SHARE, (f"class {c.index} covers {100 * c.share:.1f}% of the pixels and is in "
-                              f"{100 * c.present:.0f}% of the images: a third of the crops centred on foreground")
+                              f"{100 * c.present:.0f}% of the {units}: a third of the crops centred on foreground")
 
 
 def _preset(device: torch.device) -> tuple[str, str]:
@@ -188,7 +203,8 @@ def _seconds_per_epoch(fp: Fingerprint, data: DataConfig, train: TrainConfig, de
         return None
     train_s = (train.samples_per_epoch or MIN_SAMPLES_PER_EPOCH) / rate
     # inference costs about a third of a training step per pixel
-    val_pixels = fp.n_validation * fp.height[1] * fp.width[1] / data.input_scale ** 2
+    n_val = fp.volumes.n_validation_slices if fp.volumes is not None else fp.n_validation
+    val_pixels = n_val * fp.height[1] * fp.width[1] / data.input_scale ** 2
     return train_s + val_pixels / (3 * rate * data.crop_size ** 2)
 
 
@@ -197,15 +213,18 @@ def describe_fingerprint(fp: Fingerprint) -> list[str]:
     size = (f"{fp.width[1]}×{fp.height[1]}" if fp.height[0] == fp.height[2] and fp.width[0] == fp.width[2]
             else f"{fp.width[0]}–{fp.width[2]} × {fp.height[0]}–{fp.height[2]} (median {fp.width[1]}×{fp.height[1]})")
     spacing = f"{fp.spacing[1]:g}×{fp.spacing[0]:g} mm pixels" if fp.spacing else "pixel size unknown"
-    lines = [f"images      {fp.n_images - fp.n_validation} train, {fp.n_validation} validation, {fp.n_test} test; {size} px; "
+    units = "cases" if fp.volumes is not None else "images"
+    lines = [f"{units:<11} {fp.n_images - fp.n_validation} train, {fp.n_validation} validation, {fp.n_test} test; {size} px; "
              f"{fp.channels} channel(s), {fp.dtype}; {spacing}",
              f"labels      {fp.encoding}"]
     if fp.intensity:
         i = fp.intensity
         lines.append(f"intensity   0.5–99.5%: {i['p0.5']:.4g}–{i['p99.5']:.4g}, median {i['p50']:.4g}, "
                      f"mean {i['mean']:.4g} ± {i['std']:.4g}")
+    if fp.volumes is not None:
+        lines += volume_plan.describe_volumes(fp)
     for c in fp.classes:
-        lines.append(f"class {c.index}     (value {c.value}) in {100 * c.present:.0f}% of images, "
+        lines.append(f"class {c.index}     (value {c.value}) in {100 * c.present:.0f}% of {'slices' if fp.volumes else 'images'}, "
                      f"{100 * c.share:.1f}% of pixels; {c.objects:g} object(s) per image, median area "
                      f"{c.area:.0f} px, extent {c.extent:.0f} px (90%: {c.extent_p90:.0f}), thickness {c.thickness:.1f} px")
     return lines

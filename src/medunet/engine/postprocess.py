@@ -13,6 +13,10 @@ pixels of another class (a ring of class 2 around class 3 leaves class 3 alone),
 appears that the argmax did not give. A speck removed from inside another class's object is
 background at that point, so filling gives it to the enclosing object.
 
+Volumes: every step works on `(Z, Y, X)` masks in 3D, with the same rule one dimension up: objects
+are 26-connected (voxels touching at a corner join), holes are 6-connected background not reaching
+the volume's border, and `min_size` counts voxels. `tune` scores candidates by per-case 3D Dice.
+
 `tune` chooses these settings on a validation split by `medunet.metrics.mean_dice`, the same mean
 per-image Dice as evaluation's `dice_mean`: at each candidate, an image whose truth and prediction
 are both empty has no Dice and is left out of that candidate's mean, so emptying a prediction is
@@ -33,6 +37,11 @@ from medunet.metrics import Counts, defined_mean, mean_dice
 logger = logging.getLogger(__name__)
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def full_connectivity(ndim: int) -> np.ndarray:
+    """Objects touching at a corner join: 8-connected in 2D, 26-connected in 3D."""
+    return np.ones((3,) * ndim, dtype=bool)
 THRESHOLD_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))   # 0.10, 0.15, ..., 0.90
 MIN_SIZE_FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5)  # min_size candidates × median true object size
 KEEP_LARGEST_GRID = (1, 2, 3)   # the fewest objects wins among equal scores
@@ -96,25 +105,26 @@ def _check(ok: bool, message: str) -> None:
 # --- steps on one boolean mask -------------------------------------------------------------------
 
 def remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Boolean `(H, W)` → a copy without the 8-connected objects of fewer than `min_size` pixels."""
+    """Boolean `(H, W)` (or `(Z, Y, X)`) → a copy without the 8- (26-) connected objects of fewer than
+    `min_size` pixels (voxels)."""
     mask = np.asarray(mask, dtype=bool)
     if min_size <= 1 or not mask.any():
         return mask.copy()
-    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    labels, _ = ndimage.label(mask, structure=full_connectivity(mask.ndim))
     keep = np.bincount(labels.ravel()) >= min_size
     keep[0] = False
     return keep[labels]
 
 
 def keep_largest_components(mask: np.ndarray, k: int = 1) -> np.ndarray:
-    """Boolean `(H, W)` → a copy with only the `k` largest 8-connected objects.
+    """Boolean `(H, W)` (or `(Z, Y, X)`) → a copy with only the `k` largest 8- (26-) connected objects.
 
     Ties in size go to the object met first in raster order, so the result is deterministic.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    labels, n = ndimage.label(mask, structure=full_connectivity(mask.ndim))
     if n <= k:
         return mask.copy()
     sizes = np.bincount(labels.ravel())[1:]
@@ -125,18 +135,19 @@ def keep_largest_components(mask: np.ndarray, k: int = 1) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Boolean `(H, W)` → a copy with every hole (background not connected to the border) filled."""
+    """Boolean `(H, W)` (or `(Z, Y, X)`) → a copy with every hole (background not connected to the
+    border, 4- or 6-connected) filled."""
     return ndimage.binary_fill_holes(np.asarray(mask, dtype=bool))
 
 
 # --- probabilities → mask ------------------------------------------------------------------------
 
 def to_classes(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Probabilities `(K, H, W)` → class indices `(H, W)` uint8: `probs[0] > threshold` for
-    K = 1, argmax over classes for K ≥ 2. No clean-up."""
+    """Probabilities `(K, H, W)` (or `(K, Z, Y, X)`) → class indices `(H, W)` uint8: `probs[0] >
+    threshold` for K = 1, argmax over classes for K ≥ 2. No clean-up."""
     probs = np.asarray(probs)
-    if probs.ndim != 3 or probs.shape[0] < 1:
-        raise ValueError(f"probabilities must be (K, H, W), got shape {probs.shape}")
+    if probs.ndim not in (3, 4) or probs.shape[0] < 1:
+        raise ValueError(f"probabilities must be (K, H, W) or (K, Z, Y, X), got shape {probs.shape}")
     if probs.shape[0] == 1:
         return (probs[0] > threshold).astype(np.uint8)
     return probs.argmax(axis=0).astype(np.uint8)
@@ -207,7 +218,8 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
 
     Args:
         probs: probabilities `(K, H, W)` per image (K = 1 sigmoid, or K = n_classes softmax).
-        truths: class indices `(H, W)` per image, same sizes.
+        truths: class indices `(H, W)` per image, same sizes (or `(Z, Y, X)` per case, with
+            probabilities `(K, Z, Y, X)`: 3D post-processing and per-case 3D Dice).
         n_classes: classes including background (2 for K = 1).
 
     Returns:
@@ -255,7 +267,7 @@ def _check_split(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: i
     if not probs or len(probs) != len(truths):
         raise ValueError(f"need as many probability maps as truths (> 0), got {len(probs)} and {len(truths)}")
     for i, (p, t) in enumerate(zip(probs, truths)):
-        if p.ndim != 3 or p.shape[1:] != t.shape:
+        if p.ndim != t.ndim + 1 or p.shape[1:] != t.shape:
             raise ValueError(f"image {i}: probabilities {p.shape} do not match truth {t.shape}")
         k = p.shape[0]
         if (k == 1 and n_classes != 2) or (k > 1 and k != n_classes):
@@ -304,13 +316,13 @@ def _best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> tuple[
 
 
 def _median_object_size(truths: list[np.ndarray]) -> float:
-    """Median pixel count of the 8-connected true objects of every foreground class (0 if none)."""
+    """Median pixel (voxel) count of the 8- (26-) connected true objects of every foreground class (0 if none)."""
     sizes: list[np.ndarray] = []
     for t in truths:
         for c in np.flatnonzero(np.bincount(np.asarray(t).ravel().astype(np.int64))):
             if c == 0:
                 continue
-            labels, n = ndimage.label(t == c, structure=EIGHT_CONNECTED)
+            labels, n = ndimage.label(t == c, structure=full_connectivity(np.ndim(t)))
             if n:
                 sizes.append(np.bincount(labels.ravel())[1:])
     return float(np.median(np.concatenate(sizes))) if sizes else 0.0

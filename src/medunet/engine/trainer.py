@@ -20,10 +20,13 @@ from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig
 from medunet.data.cache import Cache
 from medunet.data.encoding import LabelEncoding
 from medunet.data.sampler import CropSampler
+from medunet.data.slice_sampler import SliceSampler, build_sampler
+from medunet.data.volume_cache import VolumeCache
 from medunet.engine.checkpoint import Checkpoint, save_checkpoint
 from medunet.engine.device import keep_freed_memory
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
+from medunet.engine.volume_predictor import validate_volumes
 from medunet.errors import MedunetError
 from medunet.io.outputs import write_text
 from medunet.losses import build_loss
@@ -102,8 +105,7 @@ def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resu
         keep_freed_memory()
     model.to(job.device, memory_format=job.precision.memory_format)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = CropSampler(train, job.data_cfg.size, rng, job.data_cfg.foreground_share, job.data_cfg.crop,
-                          job.data_cfg.crop_margin)
+    sampler = build_sampler(train, job.data_cfg, rng)
     loop = Loop(model, optimiser, sampler, build_loss(model.cfg.out_channels), generator, rng,
                 math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch),
                 job.precision.scaler(job.device), ema=_averaged(model, cfg.ema))
@@ -132,7 +134,7 @@ class Loop:
 
     model: UNet
     optimiser: torch.optim.Optimizer
-    sampler: CropSampler
+    sampler: CropSampler | SliceSampler
     loss_fn: object
     generator: torch.Generator
     rng: np.random.Generator
@@ -316,12 +318,14 @@ def total_norm(parameters) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
-def validate(predictor: Predictor, val: Cache) -> float:
+def validate(predictor: Predictor, val: Cache | VolumeCache) -> float:
     """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`.
 
     Images empty in both truth and prediction are left out, as `evaluate` does; NaN when every
-    validation image is such a case.
+    validation image is such a case. Volumes: mean per-case 3D Dice (`validate_volumes`).
     """
+    if isinstance(val, VolumeCache):
+        return validate_volumes(predictor, val)
     outputs = predictor.outputs_prepared(val.images, [label.shape for label in val.labels])
     return mean_dice(val.labels, [predictor.to_mask(o.probs) for o in outputs], predictor.encoding.n_classes)
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 _TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
          "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
          "Rows", "Columns", "NumberOfFrames", "SliceThickness", "RescaleSlope", "RescaleIntercept",
-         "SamplesPerPixel"]
+         "SamplesPerPixel", "Modality"]
 _DICOMDIR = "1.2.840.10008.1.3.10"
 MAX_SHOWN = 3  # irregular steps shown in one message
 
@@ -41,6 +41,7 @@ class DicomSeries:
         sop_instance_uids: SOPInstanceUID of each slice, in array order.
         float_pixels: the rescale slope or intercept is fractional or differs between slices,
             so the pixels decode to float32 (GDCM would take the first slice's integer type).
+        modality: "CT", "MR", ... (chooses CT normalisation); "" when the header has none.
     """
 
     series_uid: str
@@ -50,6 +51,7 @@ class DicomSeries:
     files: tuple[Path, ...]
     sop_instance_uids: tuple[str, ...]
     float_pixels: bool = False
+    modality: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def read_dicom_header(folder: Path, series_uid: str | None = None) -> tuple[Volu
                          sop_class_uid=str(first.SOPClassUID),
                          files=tuple(s.path for s in ordered),
                          sop_instance_uids=tuple(str(s.header.SOPInstanceUID) for s in ordered),
-                         float_pixels=_float_rescale(ordered))
+                         float_pixels=_float_rescale(ordered), modality=str(first.get("Modality", "")))
     logger.info("%s: DICOM series of %d slices, %s", folder, len(ordered),
                 "×".join(f"{v:.4g}" for v in geometry.spacing) + " mm (z, y, x)")
     return geometry, series

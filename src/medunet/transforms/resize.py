@@ -4,6 +4,10 @@ Images shrink by area averaging (every original pixel counts once, no aliasing o
 labels shrink by the majority of each area (a one-hot average, then the most frequent class), so
 a thin object survives where it covers most of a pixel and no class appears that was not there;
 probabilities grow back bilinearly, a smooth map whose threshold gives smooth outlines.
+
+A volume case resampled in-plane to the dataset's spacing has non-integer factors, which may
+enlarge one axis and shrink another: `resample` is bilinear with antialiasing there (a triangle
+filter as wide as the factor when shrinking, plain bilinear when enlarging), both ways.
 """
 from __future__ import annotations
 
@@ -31,6 +35,15 @@ def enlarge(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return array
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
     return F.interpolate(x, size=shape, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def resample(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`(C, H, W)` float → `(C, h, w)` float32 at any factor per axis (bilinear, antialiased);
+    unchanged when the sizes agree."""
+    if tuple(array.shape[-2:]) == tuple(shape):
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False, antialias=True)[0].numpy()
 
 
 def shrink_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

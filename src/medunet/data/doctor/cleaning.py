@@ -34,6 +34,9 @@ def fix(data_dir: Path, out: Path) -> Report:
     data_dir, out = Path(data_dir), Path(out)
     _check_target(data_dir, out)
     scan = _scan(data_dir, quick=True)
+    if any(item.volume for items in scan.items.values() for item in items):
+        raise DataError(f"{data_dir}: --fix writes cleaned 2D images and masks; for volumes, correct the "
+                        "files the report names (medunet doctor without --fix)")
     if not scan.folders:
         raise DataError(f"{data_dir}: {scan.report.first_error() or 'nothing to copy'}")
     with staged_folder(out, overwrite=False, what="cleaned copy") as stage:  # whole or not at all

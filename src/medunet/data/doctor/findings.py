@@ -114,6 +114,9 @@ class _Item:
     label_file: LabelFile | None = None
     label_digest: str = ""
     usable: bool = False                    # both readable, sizes agree
+    volume: bool = False                    # a volume pair (`doctor.volumes`); shape is then (Z, Y, X)
+    geometry: Any = None                    # the image volume's VolumeGeometry
+    intensity: tuple[float, float] | None = None  # the image volume's minimum and maximum
 
 
 @dataclass

@@ -22,19 +22,26 @@ def _check_encoding(scan: _Scan) -> None:
     for name, items in scan.items.items():
         per_split[name] = _split_encoding(name, _labels(items), scan)
     _check_mixed_binary(scan)
+    if set_training_encoding(scan, detect_encoding, _describe, "the masks"):
+        _check_conventions(per_split, scan)
+        _check_unrepresentable(scan)
+
+
+def set_training_encoding(scan: _Scan, detect, describe, what: str) -> bool:
+    """The encoding of the labels training would read (train and validation, else all), into
+    `scan.training` and the report; False (and an error) when there are none or they cannot be read."""
     training = [n for n in scan.items if n in ("train", "validation")] or list(scan.items)
     labels = [lab for n in training for lab in _labels(scan.items[n])]
     if not labels:
-        return
+        return False
     try:
-        scan.training = detect_encoding(labels)
+        scan.training = detect(labels)
     except DataError as exc:
-        scan.report.add("error", "", None, f"the masks training would read: {exc}", "encoding")
-        return
-    scan.report.encoding = _describe(scan.training, labels)
+        scan.report.add("error", "", None, f"{what} training would read: {exc}", "encoding")
+        return False
+    scan.report.encoding = describe(scan.training, labels)
     scan.report.label_values = list(scan.training.values)
-    _check_conventions(per_split, scan)
-    _check_unrepresentable(scan)
+    return True
 
 
 def _labels(items: Sequence[_Item]) -> list[LabelFile]:

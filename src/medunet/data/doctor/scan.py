@@ -15,12 +15,13 @@ import numpy as np
 from medunet.data.doctor.findings import Report, SplitSummary, _Item, _Scan, _listing, _rel
 from medunet.data.doctor.images import _check_duplicates, _check_images, _check_outliers
 from medunet.data.doctor.masks import _check_encoding, _check_masks
-from medunet.data.pairs import SPLITS, group_by_stem, looks_grouped, natural_key
+from medunet.data.doctor.volumes import check_volume_encoding, check_volumes, read_volume_pair, report_mixed
+from medunet.data.pairs import SPLITS, group_by_stem, is_image_file, is_volume_entry, looks_grouped, natural_key
 from medunet.errors import DataError
 from medunet.io.images import IMAGE_SUFFIXES, read_image, read_label
 
-_FOREIGN = {".dcm": "DICOM", ".nii": "NIfTI", ".gz": "NIfTI/gzip", ".nrrd": "NRRD", ".mha": "MetaImage",
-            ".mhd": "MetaImage", ".npy": "NumPy", ".npz": "NumPy", ".jp2": "JPEG 2000", ".webp": "WebP"}
+_FOREIGN = {".npy": "NumPy", ".npz": "NumPy", ".jp2": "JPEG 2000", ".webp": "WebP"}
+_MHD_DATA = (".raw", ".zraw")  # the voxels of a .mhd header, read with it
 
 
 def diagnose(data_dir: Path, *, quick: bool = False) -> Report:
@@ -61,14 +62,17 @@ def _scan(root: Path, *, quick: bool, splits: tuple[str, ...] | None = None, kee
             except OSError as exc:  # a folder that cannot be listed (permissions, a vanished mount)
                 report.add("error", name, _rel(folder, root) + "/", f"cannot list: {exc}", "layout")
                 scan.items[name] = []
+        if report_mixed(scan):
+            return scan
+        for name in scan.folders:
             for item in scan.items[name]:
                 _read_pair(item, scan)
-        _check_encoding(scan)
+        volumes = any(item.volume for items in scan.items.values() for item in items)
+        (check_volume_encoding if volumes else _check_encoding)(scan)
         if not quick:
-            _check_images(scan)
-            _check_masks(scan)
-            _check_duplicates(scan)
-            _check_outliers(scan)
+            for check in ((check_volumes, _check_masks) if volumes else
+                          (_check_images, _check_masks, _check_duplicates, _check_outliers)):
+                check(scan)
             _check_grouping(scan)
     for name, items in scan.items.items():
         report.splits[name].n_readable = sum(i.usable for i in items)
@@ -134,7 +138,7 @@ def _pair_split(name: str, folder: Path, scan: _Scan) -> list[_Item]:
     if extra and scan.report.layout == "splits":
         scan.report.add("info", name, _rel(folder, scan.root) + "/",
                         f"not read: {', '.join(extra)} (only image/ and label/ are)", "layout")
-    items = [_Item(name, stem, paths[0], labels[stem][0])
+    items = [_Item(name, stem, paths[0], labels[stem][0], volume=is_volume_entry(paths[0]))
              for stem, paths in images.items()
              if stem in labels and len(paths) == 1 and len(labels[stem]) == 1]
     summary.n_pairs = len(items)
@@ -176,17 +180,18 @@ _ALIASES = {"image": ("images", "img", "imgs", "input", "inputs", "x", "raw"),
 def _report_ignored(split: str, folder: Path, scan: _Scan) -> None:
     """Files in image/ or label/ that the readers skip: other suffixes, sub-folders."""
     skipped = sorted((p for p in folder.iterdir() if not p.name.startswith(".")
-                      and (p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES)),
+                      and not (is_image_file(p) or is_volume_entry(p) or p.suffix.lower() in _MHD_DATA)),
                      key=lambda p: natural_key(p.name))
     if not skipped:
         return
-    kinds = sorted({"NIfTI" if p.name.lower().endswith(".nii.gz") else _FOREIGN[p.suffix.lower()]
-                    for p in skipped if p.suffix.lower() in _FOREIGN})
+    kinds = sorted({_FOREIGN[p.suffix.lower()] for p in skipped if p.suffix.lower() in _FOREIGN})
     hint = (f" ({', '.join(kinds)} files are not read: convert each 2D slice to TIFF or PNG)"
             if kinds else "")
+    if any(p.suffix.lower() == ".dcm" for p in skipped):
+        hint += " (DICOM files are read as series: put each series in a folder of its own, image/<case>/)"
     names = [p.name + ("/" if p.is_dir() else "") for p in skipped]
     scan.report.add("warning", split, _rel(folder, scan.root) + "/",
-                    f"{len(names)} entries ignored (not {'/'.join(IMAGE_SUFFIXES)} files): "
+                    f"{len(names)} entries ignored (not {'/'.join(IMAGE_SUFFIXES)} images, volumes or DICOM series folders): "
                     f"{_listing(names)}{hint}", "ignored")
 
 
@@ -223,6 +228,9 @@ def _naming_hint(images: Sequence[Path], labels: Sequence[Path]) -> str:
 
 def _read_pair(item: _Item, scan: _Scan) -> None:
     """Read image and label, note what they are; unreadable files and size mismatches become errors."""
+    if item.volume:
+        read_volume_pair(item, scan, _try_read)
+        return
     image = _try_read(read_image, item.image, item.split, scan)
     label = _try_read(read_label, item.label, item.split, scan)
     if scan.decoded is not None:
