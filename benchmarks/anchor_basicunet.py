@@ -49,14 +49,19 @@ def batch(images, labels, rng: np.random.Generator, size: int = 256, n: int = 4)
         y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         x, y = images[i][y0:y0 + size, x0:x0 + size], labels[i][y0:y0 + size, x0:x0 + size]
         k = int(rng.integers(4))
-        x, y = np.rot90(x, k), np.rot90(y, k)
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
-        if rng.random() < 0.5:
-            x, y = x[::-1], y[::-1]
+        x, y = _flips(np.rot90(x, k), np.rot90(y, k), rng)
         xs.append(x.copy())
         ys.append(y.copy())
     return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
+
+
+def _flips(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A left-right flip, then an up-down flip, each with probability 1/2, of an image and its label."""
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    if rng.random() < 0.5:
+        x, y = x[::-1], y[::-1]
+    return x, y
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
@@ -84,17 +89,24 @@ SLICE = 64  # hippocampus slices (at most 56 × 59 voxels) zero-padded to this s
 def load_slices(split_dir) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every Z slice of every volume, z-scored per volume and padded to SLICE²: images float32,
     labels int64 (0, 1, 2)."""
-    from medunet.io.volumes import read_label_volume, read_volume
+    from medunet.io.volumes import read_label_volume
 
     images, labels = [], []
     for pair in find_pairs(split_dir):
-        x = read_volume(pair.image).array.astype(np.float32)
-        x = (x - x.mean()) / max(float(x.std()), 1e-6)
+        x = _zscored_volume(pair.image)
         y = read_label_volume(pair.label).array.astype(np.int64)
         for k in range(len(x)):
             images.append(_pad(x[k]))
             labels.append(_pad(y[k]))
     return images, labels
+
+
+def _zscored_volume(path) -> np.ndarray:
+    """A volume as float32, z-scored over the whole volume."""
+    from medunet.io.volumes import read_volume
+
+    x = read_volume(path).array.astype(np.float32)
+    return (x - x.mean()) / max(float(x.std()), 1e-6)
 
 
 def _pad(a: np.ndarray) -> np.ndarray:
@@ -106,11 +118,7 @@ def _pad(a: np.ndarray) -> np.ndarray:
 def slice_batch(images, labels, rng: np.random.Generator, n: int = 32):
     xs, ys = [], []
     for i in rng.integers(0, len(images), n):
-        x, y = images[i], labels[i]
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
-        if rng.random() < 0.5:
-            x, y = x[::-1], y[::-1]
+        x, y = _flips(images[i], labels[i], rng)
         xs.append(x.copy())
         ys.append(y.copy())
     return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys)[:, None])
@@ -118,7 +126,7 @@ def slice_batch(images, labels, rng: np.random.Generator, n: int = 32):
 
 def hippocampus_anchor(args) -> None:
     """Train on 2D slices for the budget; 3D Dice per case and class on the 52 test volumes."""
-    from medunet.io.volumes import read_label_volume, read_volume
+    from medunet.io.volumes import read_label_volume
 
     data = hippocampus(OUT / "hippocampus-split")
     torch.manual_seed(args.seed)
@@ -131,8 +139,7 @@ def hippocampus_anchor(args) -> None:
     dice = []
     with torch.inference_mode():
         for pair in find_pairs(data / "test"):
-            x = read_volume(pair.image).array.astype(np.float32)
-            x = (x - x.mean()) / max(float(x.std()), 1e-6)
+            x = _zscored_volume(pair.image)
             truth = read_label_volume(pair.label).array
             batch = torch.from_numpy(np.stack([_pad(s) for s in x])[:, None])
             pred = model(batch).argmax(1).numpy()[:, : x.shape[1], : x.shape[2]]
