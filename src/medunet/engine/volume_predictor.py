@@ -68,9 +68,10 @@ class VolumePredictor:
         threshold = self.predictor.post.threshold
         for start, p in self.slice_probabilities(inputs, grid):
             stop = start + len(p)
-            classes[start:stop] = (p[:, 0] > threshold) if p.shape[1] == 1 else p.argmax(axis=1)
+            by_class = p.transpose(1, 0, 2, 3)  # (K, B, H, W): the layout to_classes reads
+            classes[start:stop] = postprocess.to_classes(by_class, threshold)
             if probs is not None:
-                probs[:, start:stop] = p.transpose(1, 0, 2, 3)
+                probs[:, start:stop] = by_class
             if progress is not None:
                 progress.update(len(p))
         if postprocess_3d:
