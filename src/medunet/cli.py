@@ -158,6 +158,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
     p.add_argument("--samples-per-epoch", type=int)
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower; auto precision is fp32)")
+    p.add_argument("--cache", default="auto",
+                   help="ram | disk | auto: preprocessed images in RAM, or memory-mapped files built once "
+                        "(auto: disk when the dataset would take over half the available RAM)")
+    p.add_argument("--cache-dir", help="folder of the disk caches (default: $MEDUNET_CACHE_DIR or ~/.cache/medunet)")
     _add_precision(p)
     p.add_argument("--group-by", metavar="REGEX",
                    help="the regex's first match in a file stem names its group (patient, sequence): "
@@ -337,7 +341,7 @@ def _settings(args: argparse.Namespace):
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
                       samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
                       precision=args.precision, patience=args.patience, ema=args.ema,
-                      deep_supervision=args.deep_supervision)
+                      deep_supervision=args.deep_supervision, cache=args.cache, cache_dir=args.cache_dir)
     return data_cfg, cfg
 
 

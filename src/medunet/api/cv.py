@@ -22,6 +22,7 @@ from medunet import __version__
 from medunet.api.train import (Dataset, check_run_folder, decode_dataset, train_prepared)
 from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig, augment_preset, replace, to_dict
 from medunet.data.cache import Cache, build_caches
+from medunet.data.disk_cache import disk_caches
 from medunet.data.pairs import Pair, split_folds, write_split
 from medunet.engine import postprocess
 from medunet.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -55,7 +56,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     augment = augment or augment_preset(cfg.augment)
-    decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True)
+    decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True, cache=cfg.cache, cache_dir=cfg.cache_dir)
     pairs = decoded.splits["train"]
     if decoded.fingerprint.volumes is not None:  # out-of-fold volumes, fold averages per slice: not built yet
         raise ConfigError(f"{data}: --folds is for 2D datasets for now; train volumes without --folds")
@@ -65,7 +66,8 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     plan = make_plan(fp, replace(data_cfg, channels=fp.channels), cfg, device, 1 if n == 2 else n)
     for line in plan.lines():
         logger.info("plan: %s", line)
-    train_cache, val_cache = build_caches(decoded.train, plan.data, decoded.encoding)
+    train_cache, val_cache = (build_caches(decoded.train, plan.data, decoded.encoding) if decoded.disk is None else
+                              disk_caches(pairs, plan.data, decoded.encoding, decoded.disk, progress))
     clear(out)
     out.mkdir(parents=True)
     _write_cv_files(out, plan, cfg, data_cfg, decoded.encoding, pairs, fold_of, decoded.splits.get("test"))

@@ -18,7 +18,7 @@ def plan(data: Path, *, data_cfg: DataConfig | None = None, cfg: TrainConfig | N
     steps of the planned model on `cfg.device`. With `out`, the plan is also written there as JSON.
     """
     data_cfg, cfg = data_cfg or DataConfig(), cfg or TrainConfig()
-    decoded = decode_dataset(Path(data), data_cfg, cfg.seed)
+    decoded = decode_dataset(Path(data), data_cfg, cfg.seed, cache=cfg.cache, cache_dir=cfg.cache_dir)
     n = decoded.encoding.n_classes
     result = make_plan(decoded.fingerprint, data_cfg, cfg, resolve_device(cfg.device), 1 if n == 2 else n)
     if out is not None:

@@ -15,7 +15,8 @@ from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, ModelConfig, TrainConfig, augment_preset, from_dict,
                             model_preset, replace, to_dict)
-from medunet.data.cache import Cache, RawSplit, area_stats, build_cache, read_split
+from medunet.data.cache import Cache, RawSplit, area_stats, build_cache, index_split, read_split
+from medunet.data.disk_cache import DiskCache, cache_root, choose_cache, open_or_build
 from medunet.data.fingerprint import Fingerprint, fingerprint
 from medunet.engine.planner import Plan, make_plan
 from medunet.surface import pixel_spacing, split_spacings
@@ -43,8 +44,8 @@ class Dataset:
     """The train and validation splits, network-ready, the plan they were prepared by, and what was
     learnt from the files."""
 
-    train: Cache
-    val: Cache
+    train: Cache | DiskCache
+    val: Cache | DiskCache
     splits: dict
     encoding: LabelEncoding
     plan: Plan                # resolved settings: plan.data (with the images' channels), plan.train
@@ -57,37 +58,39 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A dataset's files decoded and split, before any setting of the plan is applied."""
+    """A dataset's files decoded and split, before any setting of the plan is applied. With `disk`
+    (the folder of disk caches) the splits are indexed, holding no pixels (`RawSplit`)."""
 
     train: RawSplit
     val: RawSplit
     splits: dict
     encoding: LabelEncoding
     fingerprint: Fingerprint
+    disk: Path | None = None
 
 
-def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = False) -> Decoded:
+def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = False, cache: str = "ram",
+                   cache_dir: str | None = None) -> Decoded:
     """Pair, split, decode and fingerprint; every check that can fail on the user's data runs here,
     before any output.
 
     The doctor's quick checks come first, so a data trap is refused with its clear message; the
     test split is left to `evaluate`, which names its own problems. `pooled` (cross-validation)
     keeps train/ and validation/ together as "train", with no validation split of their own.
+    `cache` ("ram", "disk" or "auto", `TrainConfig.cache`): for "disk" each file is decoded, checked
+    and let go, and only what the fingerprint needs is kept (`Decoded.disk`).
     """
     splits = dataset_splits(Path(data).resolve())  # pairing first: its message lists every orphan by name
-    report, decoded = check_and_read(Path(data), ("train", "validation"))  # each file decoded once
+    files = splits["train"] + splits.get("validation", [])
+    disk = choose_cache(cache, files, is_volume_dataset(files), Path(data)) == "disk"
+    report, decoded = check_and_read(Path(data), ("train", "validation"), pixels=not disk)  # each file decoded once
     problem = report.first_error(ignore=() if data_cfg.label_mode == "auto" else ENCODING_CHECKS,
                                  splits=("train", "validation"))
     if problem:
         raise DataError(problem)
-    if pooled:
-        train_pairs, val_pairs = splits["train"] + splits.get("validation", []), []
-    elif "validation" in splits:
-        train_pairs, val_pairs = splits["train"], splits["validation"]
-    else:
-        _warn_if_grouped(splits["train"], data_cfg)
-        train_pairs, val_pairs = split_train_val(splits["train"], data_cfg.val_fraction, seed, data_cfg.group_by)
-    train, val = read_split(train_pairs, decoded), read_split(val_pairs, decoded)
+    train_pairs, val_pairs = _train_val_pairs(splits, data_cfg, seed, pooled)
+    split = index_split if disk else read_split
+    train, val = split(train_pairs, decoded), split(val_pairs, decoded)
     del decoded
     volumes = is_volume_dataset(train_pairs)
     encoding = (volume_encoding if volumes else detect_encoding)(train.labels + val.labels, data_cfg.label_mode)
@@ -101,7 +104,17 @@ def decode_dataset(data: Path, data_cfg: DataConfig, seed: int, pooled: bool = F
                        volume_fingerprint(both, encoding, slice_axis_setting=data_cfg.slice_axis, **counts))
     spacings = split_spacings([_spacing_or_none(p.image) for p in both.pairs])
     spacing = None if spacings[0] is None else tuple(float(v) for v in np.median(spacings, axis=0))
-    return Decoded(train, val, record, encoding, fingerprint(both, encoding, spacing=spacing, **counts))
+    return Decoded(train, val, record, encoding, fingerprint(both, encoding, spacing=spacing, **counts),
+                   cache_root(cache_dir) if disk else None)
+
+
+def _train_val_pairs(splits: dict, data_cfg: DataConfig, seed: int, pooled: bool) -> tuple[list, list]:
+    if pooled:
+        return splits["train"] + splits.get("validation", []), []
+    if "validation" in splits:
+        return splits["train"], splits["validation"]
+    _warn_if_grouped(splits["train"], data_cfg)
+    return split_train_val(splits["train"], data_cfg.val_fraction, seed, data_cfg.group_by)
 
 
 def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
@@ -109,7 +122,7 @@ def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: tor
     """Decode, plan the settings left open, and build the caches. The decoded files are let go as
     the caches are built, so only the float32 caches stay in memory during training. `model` is
     the network when it is given (`--init`), not planned."""
-    decoded = decode_dataset(data, data_cfg, cfg.seed)
+    decoded = decode_dataset(data, data_cfg, cfg.seed, cache=cfg.cache, cache_dir=cfg.cache_dir)
     return prepare_dataset(decoded, data_cfg, cfg, device, model=model)
 
 
@@ -121,9 +134,13 @@ def prepare_dataset(decoded: Decoded, data_cfg: DataConfig, cfg: TrainConfig, de
     plan = make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n, model)
     for line in plan.lines():
         logger.info("plan: %s", line)
-    return Dataset(build_cache(decoded.train, plan.data, decoded.encoding, consume=consume),
-                   build_cache(decoded.val, plan.data, decoded.encoding, consume=consume, training=False),
-                   decoded.splits, decoded.encoding, plan, data_cfg)
+    if decoded.disk is not None:
+        caches = tuple(open_or_build(split.pairs, plan.data, decoded.encoding, decoded.disk, training=training)
+                       for split, training in ((decoded.train, True), (decoded.val, False)))
+    else:
+        caches = (build_cache(decoded.train, plan.data, decoded.encoding, consume=consume),
+                  build_cache(decoded.val, plan.data, decoded.encoding, consume=consume, training=False))
+    return Dataset(*caches, decoded.splits, decoded.encoding, plan, data_cfg)
 
 
 def _warn_if_grouped(pairs: list, data_cfg: DataConfig) -> None:
@@ -298,9 +315,7 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
         cfg = replace(cfg, epochs=overrides.epochs, time_budget=overrides.time_budget)
     if overrides.device != "auto":
         cfg = replace(cfg, device=overrides.device)
-    splits = read_split_file(out / "split.json")
-    caches = tuple(build_cache(read_split(splits[name]), ckpt.data_config, ckpt.encoding, consume=True,
-                               training=name == "train") for name in ("train", "validation"))
+    caches = _resume_caches(read_split_file(out / "split.json"), ckpt, cfg, out)
     device = resolve_device(cfg.device)
     model = ckpt.build_model().train()
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
@@ -309,6 +324,19 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
               stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin)
     logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
+
+
+def _resume_caches(splits: dict, ckpt: Checkpoint, cfg: TrainConfig, out: Path) -> tuple:
+    """The training and validation caches of a run being resumed, in RAM or on disk as its
+    `cfg.cache` decides now (a disk cache built by the first run is found by its key and reused)."""
+    files = splits["train"] + splits["validation"]
+    roles = (("train", True), ("validation", False))
+    if choose_cache(cfg.cache, files, is_volume_dataset(files), out) == "disk":
+        root = cache_root(cfg.cache_dir)
+        return tuple(open_or_build(splits[name], ckpt.data_config, ckpt.encoding, root, training=training)
+                     for name, training in roles)
+    return tuple(build_cache(read_split(splits[name]), ckpt.data_config, ckpt.encoding, consume=True,
+                             training=training) for name, training in roles)
 
 
 def _default_run(data: Path) -> Path:

@@ -183,8 +183,14 @@ class TrainConfig:
     ema: float = 0.0                     # decay per step of an average of the weights (0: off)
     deep_supervision: bool = False       # train extra heads at 1/2 and 1/4 resolution
     precision: str = "auto"              # auto (measured on this machine) | bf16 | fp16 | fp32
+    # Where the preprocessed images live during training: ram, disk (memory-mapped files built
+    # once, `data.disk_cache`), or auto (disk when the decoded dataset would take over half the
+    # available RAM). cache_dir: the disk caches' folder (None: $MEDUNET_CACHE_DIR or ~/.cache/medunet).
+    cache: str = "auto"
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _check(self.cache in ("auto", "ram", "disk"), f"--cache must be auto, ram or disk, got {self.cache!r}")
         _check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         _check(self.time_budget is None or self.time_budget > 0,
                f"--time must be positive, got {self.time_budget}")

@@ -22,7 +22,11 @@ from medunet.transforms.resize import shrink_labels
 @dataclass
 class RawSplit:
     """Decoded files of one split: images as stored (`(H, W)` or `(H, W, 3)`) and raw labels; for
-    a volume dataset `Volume`s and LabelFiles of `(Z, Y, X)` class ids (`volume_cache`)."""
+    a volume dataset `Volume`s and LabelFiles of `(Z, Y, X)` class ids (`volume_cache`).
+
+    An indexed split (a dataset cached on disk, `decode_dataset(..., cache="disk")`) holds no
+    pixels: `ImageInfo`s and compressed labels (`packed`); its images are read again from the files.
+    """
 
     pairs: list[Pair]
     images: list[np.ndarray]
@@ -76,16 +80,27 @@ def read_split(pairs: list[Pair], decoded: dict[Path, Any] | None = None) -> Raw
     decoded = decoded or {}
     images, labels = [], []
     for pair in pairs:
-        image = decoded.get(pair.image.resolve())
-        image = read_image(pair.image) if image is None else image
-        label = decoded.get(pair.label.resolve())  # type: ignore[union-attr]
-        label = read_label(pair.label) if label is None else label  # type: ignore[arg-type]
-        if image.shape[:2] != label.values.shape:
-            (ih, iw), (lh, lw) = image.shape[:2], label.values.shape
-            raise DataError(f"{pair.label}: label is {lw}×{lh} (W×H), image {pair.image.name} is {iw}×{ih}")
+        image, label = read_pair(pair, decoded.get(pair.image.resolve()), decoded.get(pair.label.resolve()))  # type: ignore[union-attr]
         images.append(image)
         labels.append(label)
     return RawSplit(pairs, images, labels)
+
+
+def index_split(pairs: list[Pair], index: dict[Path, Any]) -> RawSplit:
+    """The indexed split of `pairs` (no pixels): each image's `ImageInfo` and each label's
+    `PackedLabel` from a scan that kept no pixels (`doctor.check_and_read(..., pixels=False)`)."""
+    return RawSplit(list(pairs), [index[p.image.resolve()] for p in pairs],
+                    [index[p.label.resolve()] for p in pairs])  # type: ignore[union-attr]
+
+
+def read_pair(pair: Pair, image: np.ndarray | None = None, label: LabelFile | None = None) -> tuple[np.ndarray, LabelFile]:
+    """The image and label of `pair` (those given are not read again); a size mismatch names both files."""
+    image = read_image(pair.image) if image is None else image
+    label = read_label(pair.label) if label is None else label  # type: ignore[arg-type]
+    if image.shape[:2] != label.values.shape:
+        (ih, iw), (lh, lw) = image.shape[:2], label.values.shape
+        raise DataError(f"{pair.label}: label is {lw}×{lh} (W×H), image {pair.image.name} is {iw}×{ih}")
+    return image, label
 
 
 def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, consume: bool = False,
@@ -103,15 +118,22 @@ def build_cache(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding, co
         return build_volume_cache(raw, data_cfg, encoding, consume, training)  # type: ignore[return-value]
     cache = Cache(stems=[p.stem for p in raw.pairs], images=[], labels=[])
     for i in each_file(raw, consume):
-        label = encoding.encode(raw.labels[i].values, raw.labels[i].path)
-        if training:
-            image = preprocess(raw.images[i], data_cfg)
-            label = shrink_labels(label, image.shape[-2:])
-        else:
-            image = preprocess(raw.images[i], data_cfg, default_geometry(*label.shape, data_cfg))
+        image, label = cache_entry(raw.images[i], raw.labels[i], data_cfg, encoding, training)
         cache.images.append(image)
         cache.labels.append(label)
     return cache
+
+
+def cache_entry(image: np.ndarray, label: LabelFile, data_cfg: DataConfig, encoding: LabelEncoding,
+                training: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What a cache holds of one file: the float32 `(C, h, w)` network input and the uint8 class
+    ids (on the input grid for training, at the original size for validation; see `Cache`). The
+    RAM and the disk cache (`disk_cache`) both come through here, so they hold the same arrays."""
+    classes = encoding.encode(label.values, label.path)
+    if training:
+        x = preprocess(image, data_cfg)
+        return x, shrink_labels(classes, x.shape[-2:])
+    return preprocess(image, data_cfg, default_geometry(*classes.shape, data_cfg)), classes
 
 
 def each_file(raw: RawSplit, consume: bool) -> Iterator[int]:
@@ -130,12 +152,17 @@ def build_caches(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) -
     """A training and a validation cache of the same files (cross-validation: every file is in
     both, on different folds), consuming `raw`. Where the two roles hold the same arrays (input
     scale 1, no centred crop) they share them, so the second costs no memory."""
-    same = data_cfg.input_scale == 1 and data_cfg.crop != "center"
-    if same:
+    if roles_share(data_cfg):
         cache = build_cache(raw, data_cfg, encoding, consume=True)
         return cache, Cache(list(cache.stems), list(cache.images), list(cache.labels))
     val = build_cache(raw, data_cfg, encoding, training=False)
     return build_cache(raw, data_cfg, encoding, consume=True), val
+
+
+def roles_share(data_cfg: DataConfig) -> bool:
+    """Whether a training and a validation cache of the same files hold the same arrays (input
+    scale 1, no centred crop), so one can serve as both."""
+    return data_cfg.input_scale == 1 and data_cfg.crop != "center"
 
 
 def area_stats(cache: Cache) -> dict[str, float]:

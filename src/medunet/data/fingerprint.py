@@ -17,6 +17,8 @@ from scipy import ndimage
 
 from medunet.data.cache import RawSplit
 from medunet.data.encoding import LabelEncoding
+from medunet.data.packed import ImageInfo
+from medunet.io.images import read_image
 from medunet.transforms.intensity import is_colour
 
 if TYPE_CHECKING:
@@ -96,7 +98,8 @@ def fingerprint(raw: RawSplit, encoding: LabelEncoding, n_validation: int = 0, n
     """Measure `raw` (decoded images and labels; not changed).
 
     Args:
-        raw: the decoded files the plan is for.
+        raw: the decoded files the plan is for; of an indexed split (no pixels) only the sampled
+            images are read again, one at a time.
         encoding: how the label values map to classes.
         n_validation, n_test: counts of the other splits, for the record.
         spacing: the pixel size when known (`medunet.surface.split_spacings`).
@@ -106,13 +109,13 @@ def fingerprint(raw: RawSplit, encoding: LabelEncoding, n_validation: int = 0, n
     n = len(raw.images)
     chosen = np.sort(rng.permutation(n)[:MAX_IMAGES]) if n > MAX_IMAGES else np.arange(n)
     labels = [encoding.encode(raw.labels[i].values, raw.labels[i].path) for i in chosen]
-    images = [raw.images[i] for i in chosen]
+    images = [_pixels(raw, i) for i in chosen]
     sizes = Counter(f"{im.shape[1]}×{im.shape[0]}" for im in raw.images)
     heights = [im.shape[0] for im in raw.images]
     widths = [im.shape[1] for im in raw.images]
     return Fingerprint(
         n_images=n, n_validation=n_validation, n_test=n_test,
-        channels=3 if any(is_colour(im) for im in raw.images) else 1,
+        channels=3 if any(_colour(im) for im in raw.images) else 1,
         height=_min_median_max(heights), width=_min_median_max(widths),
         dtype=str(raw.images[0].dtype), spacing=spacing,
         intensity=_intensity(images, [None] * len(images), rng),
@@ -121,6 +124,16 @@ def fingerprint(raw: RawSplit, encoding: LabelEncoding, n_validation: int = 0, n
         classes=[_class_stats(labels, c, encoding.values[c]) for c in range(1, encoding.n_classes)],
         sizes=dict(sizes.most_common(5)), distinct_sizes=len(sizes),
     )
+
+
+def _pixels(raw: RawSplit, i: int) -> np.ndarray:
+    """Image i of `raw`, read again from its file when the split is indexed (holds `ImageInfo`)."""
+    image = raw.images[i]
+    return read_image(raw.pairs[i].image) if isinstance(image, ImageInfo) else image
+
+
+def _colour(image: np.ndarray | ImageInfo) -> bool:
+    return image.colour if isinstance(image, ImageInfo) else is_colour(image)
 
 
 def _min_median_max(values: list[int]) -> tuple[int, int, int]:

@@ -116,6 +116,26 @@ def read_label(path: Path) -> LabelFile:
                      colours=raw.colours if raw.palette else None)
 
 
+def image_size(path: Path) -> tuple[int, int, int]:
+    """(H, W, channels) of a 2D image from its header, without decoding the pixels (for estimating
+    a dataset's decoded size); channels 3 for colour (alpha not counted), else 1. A header the
+    quick look cannot make sense of is answered by reading the image."""
+    path = Path(path)
+    try:
+        if is_tiff(path):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = dict(zip(series.axes, series.shape))
+                h, w, c = axes["Y"], axes["X"], axes.get("S", axes.get("C", 1))
+        else:
+            with Image.open(path) as im:
+                (w, h), c = im.size, len(im.getbands())
+    except Exception:  # odd layouts (planar, ImageJ axes, ...): the full reader knows them
+        shape = read_image(path).shape
+        h, w, c = shape[0], shape[1], shape[2] if len(shape) == 3 else 1
+    return int(h), int(w), 3 if c >= 3 else 1
+
+
 def integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
     """A label array of any shape as integers: floats holding whole numbers (labels saved as float32)
     become uint8, uint16 or int32; integer arrays pass unchanged.

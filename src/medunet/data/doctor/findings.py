@@ -130,6 +130,7 @@ class _Scan:
     left_out: list[tuple[str, str, str]] = field(default_factory=list)  # (split, path, why)
     training: LabelEncoding | None = None
     decoded: dict[Path, Any] | None = None  # resolved path → array / LabelFile, when asked to keep them
+    packed: bool = False                    # keep ImageInfo and PackedLabel, not pixels (`check_and_read`)
 
 
 def _listing(names: Sequence[str], sep: str = ", ") -> str:

@@ -16,6 +16,7 @@ from medunet.data.doctor.findings import Report, SplitSummary, _Item, _Scan, _li
 from medunet.data.doctor.images import _check_duplicates, _check_images, _check_outliers
 from medunet.data.doctor.masks import _check_encoding, _check_masks
 from medunet.data.doctor.volumes import check_volume_encoding, check_volumes, read_volume_pair, report_mixed
+from medunet.data.packed import ImageInfo, PackedLabel
 from medunet.data.pairs import SPLITS, group_by_stem, is_image_file, is_volume_entry, looks_grouped, natural_key
 from medunet.errors import DataError
 from medunet.io.images import IMAGE_SUFFIXES, read_image, read_label
@@ -39,22 +40,27 @@ def diagnose(data_dir: Path, *, quick: bool = False) -> Report:
     return _scan(Path(data_dir), quick=quick).report
 
 
-def check_and_read(data_dir: Path, splits: tuple[str, ...]) -> tuple[Report, dict[Path, Any]]:
+def check_and_read(data_dir: Path, splits: tuple[str, ...], pixels: bool = True) -> tuple[Report, dict[Path, Any]]:
     """The quick check of `splits` only, keeping what it decoded so training reads no file twice.
 
+    With `pixels` False (a dataset larger than RAM, cached on disk) one file at a time is decoded
+    and let go: only each image's `ImageInfo` and each mask compressed (`PackedLabel`) are kept.
+
     Returns:
-        The report, and {resolved path: image array or LabelFile} of every file it could read.
+        The report, and {resolved path: image array or LabelFile} of every file it could read
+        (`ImageInfo` or `PackedLabel` without `pixels`).
     """
-    scan = _scan(Path(data_dir), quick=True, splits=splits, keep=True)
+    scan = _scan(Path(data_dir), quick=True, splits=splits, keep=True, packed=not pixels)
     return scan.report, scan.decoded or {}
 
 
-def _scan(root: Path, *, quick: bool, splits: tuple[str, ...] | None = None, keep: bool = False) -> _Scan:
+def _scan(root: Path, *, quick: bool, splits: tuple[str, ...] | None = None, keep: bool = False,
+          packed: bool = False) -> _Scan:
     report = Report(data_dir=str(root), quick=quick)
     folders = _layout(root, report)
     if splits is not None and report.layout != "single":
         folders = {name: folder for name, folder in folders.items() if name in splits}
-    scan = _Scan(root, report, folders, {}, decoded={} if keep else None)
+    scan = _Scan(root, report, folders, {}, decoded={} if keep else None, packed=packed)
     with _quiet_readers():
         for name, folder in scan.folders.items():
             try:
@@ -233,9 +239,6 @@ def _read_pair(item: _Item, scan: _Scan) -> None:
         return
     image = _try_read(read_image, item.image, item.split, scan)
     label = _try_read(read_label, item.label, item.split, scan)
-    if scan.decoded is not None:
-        scan.decoded.update({p.resolve(): v for p, v in ((item.image, image), (item.label, label))
-                             if v is not None})
     if image is not None:
         item.shape, item.dtype = image.shape, str(image.dtype)
         item.kind = _kind(image)
@@ -243,8 +246,9 @@ def _read_pair(item: _Item, scan: _Scan) -> None:
         item.blank = bool(image.min() == image.max())
         item.digest = _digest(image)
     if label is not None:
-        item.label_file = label
         item.label_digest = _digest(label.values)
+        item.label_file = PackedLabel(label) if scan.packed else label
+    _keep(item, image, item.label_file, scan)
     if image is None or label is None:
         return
     if image.shape[:2] != label.values.shape:
@@ -261,6 +265,17 @@ def _read_pair(item: _Item, scan: _Scan) -> None:
         scan.left_out.append((item.split, _rel(item.label, scan.root), "a copy of its image"))
         return
     item.usable = True
+
+
+def _keep(item: _Item, image: np.ndarray | None, label: Any, scan: _Scan) -> None:
+    """Into `scan.decoded` (when kept): the arrays, or in a packed scan the image's `ImageInfo`."""
+    if scan.decoded is None:
+        return
+    if image is not None:
+        scan.decoded[item.image.resolve()] = (ImageInfo(image.shape, image.dtype, item.kind == "RGB")
+                                              if scan.packed else image)
+    if label is not None:
+        scan.decoded[item.label.resolve()] = label
 
 
 def _try_read(reader, path: Path, split: str, scan: _Scan):
