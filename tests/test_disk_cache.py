@@ -1,6 +1,7 @@
 """The on-disk cache: the RAM cache's arrays, keyed by data and preprocessing, built once, safely."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -183,3 +184,15 @@ def test_bad_cache_value_is_one_line(disc_data: Path, tmp_path: Path) -> None:
                            "--cache", "ssd"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "--cache must be auto, ram or disk, got 'ssd'" in done.stderr
+
+
+def test_folds_on_the_disk_cache_match_the_ram_cache(disc_data: Path, tmp_path: Path) -> None:
+    summaries = {}
+    for cache in ("ram", "disk"):
+        cfg = TrainConfig(epochs=1, batch=4, samples_per_epoch=8, device="cpu", preset="tiny", deterministic=True,
+                          cache=cache, cache_dir=str(tmp_path / "cache"))
+        run = train(disc_data, tmp_path / cache, data_cfg=DataConfig(size=32), cfg=cfg, progress=False, folds=2)
+        summaries[cache] = json.loads((run / "cv.json").read_text())
+    for summary in summaries.values():
+        summary.pop("seconds")
+    assert summaries["ram"] == summaries["disk"]

@@ -20,9 +20,10 @@ import torch
 
 from medunet import __version__
 from medunet.api.train import (Dataset, check_run_folder, decode_dataset, train_prepared)
+from medunet.api.tune import each_probability
 from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig, augment_preset, replace, to_dict
 from medunet.data.cache import Cache, build_caches
-from medunet.data.disk_cache import disk_caches
+from medunet.data.disk_cache import DiskCache, disk_caches
 from medunet.data.pairs import Pair, split_folds, write_split
 from medunet.engine import postprocess
 from medunet.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -71,7 +72,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     clear(out)
     out.mkdir(parents=True)
     _write_cv_files(out, plan, cfg, data_cfg, decoded.encoding, pairs, fold_of, decoded.splits.get("test"))
-    oof: dict[str, np.ndarray] = {}
+    oof: dict[str, Path] = {}
     for k in range(folds):
         budget = None if cfg.time_budget is None else max(1.0, (cfg.time_budget - (time.perf_counter() - start))
                                                          / (folds - k))
@@ -94,30 +95,31 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     return out
 
 
-def _out_of_fold(run: Path, val: Cache, device: torch.device) -> dict[str, np.ndarray]:
+def _out_of_fold(run: Path, val: Cache | DiskCache, device: torch.device) -> dict[str, Path]:
     """Probabilities of the fold's best.pt on its validation cases, float16 at full size, written to
-    `oof/` beside the folds (in the precision the fold trained in)."""
+    `oof/` beside the folds (in the precision the fold trained in), one chunk of cases at a time;
+    {stem: file}."""
     import json
 
     chosen = json.loads((run / "config.json").read_text())["precision"]["chosen"]
     predictor = Predictor.from_checkpoint(run / "checkpoints" / "best.pt",
                                           PredictConfig(device=device.type, postprocess=False),
                                           precision=Precision.from_name(chosen))
-    outputs = predictor.outputs_prepared(val.images, [label.shape for label in val.labels])
     folder = run.parent.parent / "oof"
     folder.mkdir(exist_ok=True)
-    probs = {}
-    for stem, output in zip(val.stems, outputs):
-        probs[stem] = output.probs.astype(np.float16)
-        np.save(folder / f"{stem}.npy", probs[stem])
-    return probs
+    files = {}
+    for stem, probs in zip(val.stems, each_probability(predictor, val)):
+        files[stem] = folder / f"{stem}.npy"
+        np.save(files[stem], probs.astype(np.float16))
+    return files
 
 
-def _tune_and_summarise(out: Path, oof: dict[str, np.ndarray], cache: Cache, fold_of: list[int],
+def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCache, fold_of: list[int],
                         n_classes: int, folds: int) -> dict:
-    """Tune the post-processing on all out-of-fold probabilities, store it in every fold's best.pt,
-    and summarise the folds with it: per-fold means, their mean and sd, and all cases pooled."""
-    probs = [oof[stem] for stem in cache.stems]
+    """Tune the post-processing on all out-of-fold probabilities (read from their files as needed,
+    never all at once), store it in every fold's best.pt, and summarise the folds with it:
+    per-fold means, their mean and sd, and all cases pooled."""
+    probs = postprocess.Mapped([oof[stem] for stem in cache.stems], lambda f: np.load(f, mmap_mode="r"))
     result = postprocess.tune(probs, cache.labels, n_classes)
     for k in range(folds):
         path = out / "folds" / str(k) / "checkpoints" / "best.pt"

@@ -65,8 +65,9 @@ def cache_key(pairs: Sequence[Pair], data_cfg: DataConfig, encoding: LabelEncodi
     return h.hexdigest()[:24]
 
 
-class _Arrays(Sequence):
-    """`images` or `labels` of a `DiskCache`: item i is the memory-mapped array (read-only) of file i."""
+class NpyFiles(Sequence):
+    """Arrays in `folder/NNNNNN.npy` (`images` or `labels` of a `DiskCache`, spilled probabilities):
+    item i is the memory-mapped, read-only array of file `indices[i]`, mapped anew on each access."""
 
     def __init__(self, folder: Path, indices: Sequence[int]) -> None:
         self.folder, self.indices = folder, indices
@@ -91,8 +92,8 @@ class DiskCache:
     def __init__(self, folder: Path, stems: list[str], indices: Sequence[int] | None = None) -> None:
         self.folder, self.stems = folder, stems
         self.indices = range(len(stems)) if indices is None else indices
-        self.images = _Arrays(folder / "images", self.indices)
-        self.labels = _Arrays(folder / "labels", self.indices)
+        self.images = NpyFiles(folder / "images", self.indices)
+        self.labels = NpyFiles(folder / "labels", self.indices)
         self._foreground: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @classmethod

@@ -25,6 +25,7 @@ never rewarded; a false positive on an empty truth scores 0.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
@@ -217,7 +218,9 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
     warning, and both Dice values are NaN.
 
     Args:
-        probs: probabilities `(K, H, W)` per image (K = 1 sigmoid, or K = n_classes softmax).
+        probs: probabilities `(K, H, W)` per image (K = 1 sigmoid, or K = n_classes softmax); a
+            sequence other than a list (files read on access) is read again for each trial, and
+            no mask of it is kept between trials.
         truths: class indices `(H, W)` per image, same sizes (or `(Z, Y, X)` per case, with
             probabilities `(K, Z, Y, X)`: 3D post-processing and per-case 3D Dice).
         n_classes: classes including background (2 for K = 1).
@@ -240,7 +243,10 @@ def tune(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int) -> T
         steps.append(TuneStep(f"threshold {t:g}", current, dice, kept))
         if kept:
             cfg, current = replace(cfg, threshold=t), dice
-    masks = [to_classes(p, cfg.threshold) for p in probs]
+    # Probabilities that are files (a validation split larger than RAM) are thresholded anew for
+    # each trial instead of holding every mask at once.
+    masks = ([to_classes(p, cfg.threshold) for p in probs] if isinstance(probs, list) else
+             Mapped(probs, lambda p, t=cfg.threshold: to_classes(p, t)))
     median = _median_object_size(truths)
     sizes = sorted({int(round(f * median)) for f in MIN_SIZE_FRACTIONS} - {0, 1})
     trials = ([{"min_size": size} for size in sizes], [{"keep_largest": k} for k in KEEP_LARGEST_GRID],
@@ -276,13 +282,27 @@ def _check_split(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: i
 
 def _mean_dice(probs: list[np.ndarray], truths: list[np.ndarray], n_classes: int,
                cfg: PostprocessConfig) -> float:
-    return _mean_dice_masks([to_classes(p, cfg.threshold) for p in probs], truths, n_classes, cfg)
+    return _mean_dice_masks(Mapped(probs, lambda p: to_classes(p, cfg.threshold)), truths, n_classes, cfg)
 
 
 def _mean_dice_masks(masks: list[np.ndarray], truths: list[np.ndarray], n_classes: int,
                      cfg: PostprocessConfig) -> float:
-    """`mean_dice` of already thresholded masks after `clean` with `cfg` (both empty: left out)."""
-    return mean_dice(truths, [clean(m, cfg) for m in masks], n_classes)
+    """`mean_dice` of already thresholded masks after `clean` with `cfg` (both empty: left out),
+    each cleaned mask made as it is scored and let go."""
+    return mean_dice(truths, Mapped(masks, lambda m: clean(m, cfg)), n_classes)
+
+
+class Mapped(Sequence):
+    """`fn(items[i])` on access, nothing kept: a sequence of derived arrays that never all exist at once."""
+
+    def __init__(self, items: Sequence, fn: Callable[[Any], Any]) -> None:
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.fn(self.items[i])
 
 
 def _best_threshold(probs: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, float]:
