@@ -84,7 +84,7 @@ def train(data: Path, run: Path, cache: str, cache_dir: Path, args: argparse.Nam
            "--cache", cache, "--cache-dir", str(cache_dir), "--epochs", str(EPOCHS),
            "--samples-per-epoch", str(args.steps * args.batch), "--batch", str(args.batch),
            "--size", str(args.crop), "--scale", "1", "--preset", args.preset, "--device", args.device,
-           "--normalise", "zscore"]
+           "--normalise", "zscore", "--precision", "fp32"]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -92,6 +92,33 @@ def train(data: Path, run: Path, cache: str, cache_dir: Path, args: argparse.Nam
     with open(run / "history.csv") as f:
         rates = [float(row["images_per_s"]) for row in csv.DictReader(f)]
     return usage.ru_maxrss / 1024, float(np.median([args.batch / r for r in rates[1:]]))
+
+
+def sampler_ms(cache, crop: int, batch: int, n: int = 200) -> float:
+    """Milliseconds to cut one batch of crops (the data path alone, no model) from `cache`."""
+    from medunet.data.sampler import CropSampler
+
+    sampler = CropSampler(cache, crop, np.random.default_rng(0), foreground_share=0.5)
+    sampler.batch(batch)
+    start = time.perf_counter()
+    for _ in range(n):
+        sampler.batch(batch)
+    return 1000 * (time.perf_counter() - start) / n
+
+
+def data_path(cache_dir: Path, n_ram: int, crop: int, batch: int) -> str:
+    """Batch-cutting time from the largest training disk cache, and from the same arrays of the
+    small one's first `n_ram` images held in RAM."""
+    from medunet.data.cache import Cache
+    from medunet.data.disk_cache import DiskCache
+
+    folders = [DiskCache.open(f) for f in cache_dir.iterdir() if (f / "index.json").is_file()]
+    disk = max(folders, key=len)
+    small = disk.subset(list(range(min(n_ram, len(disk)))))
+    ram = Cache(list(small.stems), [np.array(a) for a in small.images], [np.array(a) for a in small.labels])
+    d, r = sampler_ms(disk, crop, batch), sampler_ms(ram, crop, batch)
+    return f"cutting a batch of {batch} crops: {d:.2f} ms from the disk cache ({len(disk):,} images), " \
+           f"{r:.2f} ms from RAM ({len(ram):,})"
 
 
 def main() -> None:
@@ -129,6 +156,7 @@ def main() -> None:
         print(f"| {cache} | {n:,} × {args.size}² | {n * args.size ** 2 * 4 / 1e9:.1f} GB | {rss:.0f} MB | "
               f"{step:.3f} | {ratio:.2f} | {machine()}, {time.perf_counter() - started:.0f} s |", flush=True)
     print(f"disk (large) / ram (small) per step: {results[('disk', args.n)] / results[('ram', args.n_ram)]:.2f}")
+    print(data_path(cache_dir, args.n_ram, args.crop, args.batch))
 
 
 if __name__ == "__main__":

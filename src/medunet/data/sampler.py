@@ -21,12 +21,16 @@ class CropSampler:
         self.size = size
         self.rng = rng
         self.foreground_share = foreground_share
-        self.regions = [region(label, mode, size, margin) for label in cache.labels]
+        # Known once, so a batch reads nothing but its own crops' files from a disk cache.
+        self.regions, self.widths = [], []
+        for label in cache.labels:
+            self.regions.append(region(label, mode, size, margin))
+            self.widths.append(label.shape[1])
+        self.channels = cache.images[0].shape[0] if len(cache) else 1
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.size
-        channels = self.cache.images[0].shape[0]
-        images = np.zeros((batch_size, channels, s, s), np.float32)
+        images = np.zeros((batch_size, self.channels, s, s), np.float32)
         labels = np.zeros((batch_size, s, s), np.int64)
         for b, i in enumerate(self.rng.integers(0, len(self.cache), batch_size)):
             y0, x0, y1, x1 = self.regions[i]
@@ -41,7 +45,7 @@ class CropSampler:
         fg = self.cache.foreground(i)
         if fg.size == 0:
             return None
-        return divmod(int(fg[self.rng.integers(fg.size)]), self.cache.labels[i].shape[1])
+        return divmod(int(fg[self.rng.integers(fg.size)]), self.widths[i])
 
     def _window(self, length: int, centre: int | None) -> tuple[slice, slice]:
         return crop_window(self.rng, self.size, length, centre)
