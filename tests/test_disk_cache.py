@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import write_split
-from medunet.api.train import decode_dataset, load_dataset, train
+from medunet.api.train import decode_dataset, train
 from medunet.config import DataConfig, TrainConfig
 from medunet.data import disk_cache
 from medunet.data.cache import build_cache, read_split
@@ -21,6 +21,7 @@ from medunet.data.disk_cache import DiskCache, cache_key, open_or_build
 from medunet.data.encoding import detect_encoding
 from medunet.data.pairs import find_pairs
 from medunet.engine.checkpoint import load_checkpoint
+from medunet.errors import ConfigError
 
 CPU = torch.device("cpu")
 SETTINGS = DataConfig(size=32, scale=1, normalise="zscore", foreground_share=0.5)
@@ -196,3 +197,13 @@ def test_folds_on_the_disk_cache_match_the_ram_cache(disc_data: Path, tmp_path: 
     for summary in summaries.values():
         summary.pop("seconds")
     assert summaries["ram"] == summaries["disk"]
+
+
+def test_disk_cache_on_volumes_is_refused_in_one_line(tmp_path: Path) -> None:
+    from volume_data import volume_dataset
+
+    data = volume_dataset(tmp_path / "vol", {"train": 2})
+    with pytest.raises(ConfigError, match="--cache disk is for 2D images") as caught:
+        decode_dataset(data, DataConfig(), seed=0, cache="disk")
+    assert "\n" not in str(caught.value)
+    assert decode_dataset(data, DataConfig(), seed=0, cache="auto").disk is None

@@ -1,11 +1,12 @@
-"""A preprocessed cache on disk, for datasets larger than RAM: one `.npy` per case, memory-mapped on access.
+"""A preprocessed cache on disk, for datasets larger than RAM: one `.npy` per case, read on access.
 
 It holds exactly what the RAM `Cache` holds (`cache.cache_entry`: the float32 `(C, h, w)` input
 and the uint8 class ids), in `ROOT/<key>/`, where the key hashes the files (paths, sizes, mtimes),
 the preprocessing settings, the label encoding and the medunet version: a change to any of them
 gives another folder, built afresh; the same ones reuse it. A build writes into a temporary
 folder renamed into place at the end, so a killed build leaves nothing that is trusted later,
-and it holds an exclusive lock, so ranks on one node build once and the others wait and reuse.
+and it holds an exclusive `flock`, so ranks on one node build once and the others wait and reuse
+(across nodes only on a shared file system whose locks work, which NFS does not promise).
 
 Memory: each access reads one file into a fresh array that goes when it is dropped (`NpyFiles`),
 so only the images of the batch being cut are resident; foreground indices are computed on
