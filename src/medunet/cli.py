@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -156,7 +157,13 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--foreground-share", type=float,
                    help="share of training crops centred on foreground (default: the plan's)")
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
-    p.add_argument("--samples-per-epoch", type=int)
+    p.add_argument("--samples-per-epoch", type=int, help="epoch length in crops (default: the plan's steps)")
+    p.add_argument("--steps-per-epoch", type=int, help="epoch length in optimiser steps (default: the plan's)")
+    p.add_argument("--val-every", type=int, metavar="N",
+                   help="validate and save checkpoints every N epochs and after the last (default: the plan's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step's network")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N GPUs of this machine: runs this command under torchrun with N processes")
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower; auto precision is fp32)")
     _add_precision(p)
     p.add_argument("--group-by", metavar="REGEX",
@@ -318,6 +325,30 @@ def _normalisation(args: argparse.Namespace) -> str | None:
     return args.normalise or implied or "auto"
 
 
+def _under_torchrun(gpus: int, full_argv: list[str]) -> int | None:
+    """`--gpus N`: this same command again under torchrun, N processes on this node (without
+    --gpus); its exit code. N = 1, or already under torchrun: nothing to do, train here."""
+    import os
+    import subprocess
+
+    from medunet.errors import ConfigError
+
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    if gpus == 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    argv, rest = [], iter(full_argv)
+    for arg in rest:
+        if arg == "--gpus":
+            next(rest, None)
+        elif not arg.startswith("--gpus="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "medunet", *argv]
+    logging.getLogger("medunet").info("running under torchrun: %s", " ".join(command[1:]))
+    return subprocess.call(command)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command; the exit code (0, or 2 when `doctor` found errors)."""
     progress = not args.quiet and sys.stderr.isatty()
@@ -335,19 +366,23 @@ def _settings(args: argparse.Namespace):
                           class_names=tuple(args.class_names) if args.class_names else None)
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
-                      samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
+                      samples_per_epoch=args.samples_per_epoch, steps_per_epoch=args.steps_per_epoch,
+                      val_every=args.val_every, compile=args.compile, deterministic=args.deterministic,
                       precision=args.precision, patience=args.patience, ema=args.ema,
                       deep_supervision=args.deep_supervision)
     return data_cfg, cfg
 
 
-def _train(args: argparse.Namespace, progress: bool) -> None:
+def _train(args: argparse.Namespace, progress: bool) -> int | None:
     import medunet
 
     data_cfg, cfg = _settings(args)
+    if args.gpus is not None:
+        return _under_torchrun(args.gpus, args.argv)
     run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
                         resume=args.resume, progress=progress, init=args.init, folds=args.folds)
-    print(f"run folder: {run}")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun: once, not once per process
+        print(f"run folder: {run}")
 
 
 def _plan(args: argparse.Namespace, progress: bool) -> None:
@@ -526,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and bad options: argparse has printed its line
         return int(exc.code or 0)
+    args.argv = argv   # the command as given (train --gpus runs it again under torchrun)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         code = _run(args)
