@@ -205,6 +205,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     dicom.add_argument("--series-uid", metavar="UID", help="the series to read from a folder holding several")
     dicom.add_argument("--class-names", type=_names, metavar="A,B,...",
                        help="names of the foreground classes in id order (default: the run's)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only inputs I, I+N, I+2N, ... of the sorted list (I counts from 0: 0/2 and 1/2), "
+                        "N processes or machines writing into one --out; the last to finish merges flags.csv. "
+                        "Default under torchrun: RANK/WORLD_SIZE")
     _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
@@ -369,12 +373,22 @@ def _predict(args: argparse.Namespace, progress: bool) -> None:
     import medunet
 
     run, images = _model_and_images(args)
+    shard = _shard(args.shard)
     written = medunet.predict(run, images, args.out, overlay=args.overlay,
                               probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
                               overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                               dicom_seg=args.dicom_seg, rtstruct=args.rtstruct, series_uid=args.series_uid,
-                              class_names=args.class_names, **_inference_options(args))
-    print(f"{len(written)} masks written to {args.out}")
+                              class_names=args.class_names, shard=shard, **_inference_options(args))
+    print(f"{len(written)} masks written to {args.out}" + (f" (shard {shard})" if shard else ""))
+
+
+def _shard(text: str | None):
+    """--shard I/N, else the launcher's RANK/WORLD_SIZE (torchrun sets both), else None."""
+    import os
+
+    from medunet.io.shards import Shard
+
+    return Shard.parse(text) if text is not None else Shard.from_env(os.environ)
 
 
 def _model_and_images(args: argparse.Namespace) -> tuple[Path, Path]:
