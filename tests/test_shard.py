@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import write_split
 from medunet.cli import main
-from medunet.io.shards import Shard
+from medunet.errors import ConfigError
+from medunet.io.shards import Shard, shard_folder
 
 
 def _images(root: Path, n: int) -> Path:
@@ -135,3 +136,50 @@ def test_concurrent_shards_under_python_m(tiny_run: Path, tmp_path: Path) -> Non
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert _contents(shared) == _contents(tmp_path / "single")
+
+
+def _deliver(final: Path, shard: Shard, job: dict, name: str, overwrite: bool = False) -> None:
+    """shard_folder without a model: one output file and a flags part with one row."""
+    with shard_folder(final, shard, job, overwrite, order=["a", "b", "c"]) as stage:
+        (stage / f"{name}.png").write_bytes(name.encode())
+        (stage / "flags.csv").write_text(f"stem,reason\r\n{name},empty prediction\r\n")
+
+
+def test_a_failed_shard_is_rerun_alone(tmp_path: Path) -> None:
+    final, job = tmp_path / "out", {"inputs": ["a", "b", "c"]}
+    _deliver(final, Shard(0, 2), job, "c")
+    with pytest.raises(RuntimeError), shard_folder(final, Shard(1, 2), job, False, order=[]) as stage:
+        (stage / "b.png").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert not (final / "b.png").exists() and not (final / "flags.csv").exists()
+    _deliver(final, Shard(1, 2), job, "b")
+    assert (final / "flags.csv").read_bytes() == b"stem,reason\r\nb,empty prediction\r\nc,empty prediction\r\n"
+    assert sorted(os.listdir(final)) == [".medunet", "b.png", "c.png", "flags.csv"]
+
+
+def test_a_shard_whose_job_was_replaced_keeps_nothing(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    with pytest.raises(ConfigError, match="another job replaced"):
+        with shard_folder(final, Shard(0, 2), {"inputs": ["a"]}, False, order=[]) as stage:
+            (stage / "a.png").write_bytes(b"old")
+            _deliver(final, Shard(1, 2), {"inputs": ["a", "b"]}, "b", overwrite=True)  # starts another job
+    assert not (final / "a.png").exists() and (final / ".shards" / "flags-1-of-2.csv").is_file()
+
+
+def test_volume_shards_merged_equal_a_single_run(tmp_path: Path) -> None:
+    """NIfTI files and a DICOM series folder: the same split, label volumes and flags as one run."""
+    from volume_data import SMALL, shifted_phantom, volume_dataset
+    from volumes import oblique_geometry, write_dicom_series
+
+    data = volume_dataset(tmp_path / "data", {"train": 2, "validation": 1, "test": 2})
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(data), "--out", str(run), "--epochs", "1", "--samples-per-epoch", "16",
+                 "--preset", "tiny", "--device", "cpu"]) == 0
+    images = data / "test" / "image"
+    write_dicom_series(images / "series", shifted_phantom(SMALL, 9)[0], oblique_geometry(SMALL))
+    assert _predict(run, images, tmp_path / "single", "--probabilities") == 0
+    for index in (1, 0):
+        assert _predict(run, images, tmp_path / "shared", "--probabilities", "--shard", f"{index}/2") == 0
+    single = _contents(tmp_path / "single")
+    assert {"case_04.nii.gz", "case_05.nii.gz", "series.nii.gz", "flags.csv"} <= set(single)
+    assert _contents(tmp_path / "shared") == single

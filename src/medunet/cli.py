@@ -388,7 +388,21 @@ def _shard(text: str | None):
 
     from medunet.io.shards import Shard
 
-    return Shard.parse(text) if text is not None else Shard.from_env(os.environ)
+    if text is not None:
+        return Shard.parse(text)
+    shard = Shard.from_env(os.environ)
+    if shard is not None and os.environ.get("LOCAL_RANK", "").isdigit():
+        _use_local_gpu(int(os.environ["LOCAL_RANK"]))
+    return shard
+
+
+def _use_local_gpu(local_rank: int) -> None:
+    """torchrun starts one process per GPU of a machine: process LOCAL_RANK takes that GPU as "cuda",
+    rather than all of them sharing the first."""
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
 
 
 def _model_and_images(args: argparse.Namespace) -> tuple[Path, Path]:

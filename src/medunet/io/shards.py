@@ -2,14 +2,15 @@
 
 The folder's shared state lives in `DIR/.shards/`:
   job.json               what the job is (N, run, inputs, options): a shard of another job is refused
-  lock                   a file lock (flock) held for each change of that state, so joining, the
-                         clearing of an old result and the merge never interleave; the kernel drops
-                         it when a process dies, which an O_EXCL lock file would not
-  stage-I-of-N-*/        where shard I writes; its files move into DIR one rename each when it is done
-  flags-I-of-N.csv       shard I's part of a summary CSV, written after its files are in DIR
+  lock                   a file lock (flock) held for each change of that state, so that joining,
+                         clearing an old result, delivering a shard and merging never interleave;
+                         the kernel drops it when a process dies, which an O_EXCL lock file would not
+  stage-I-of-N-*/        where shard I writes; when it is done its files move into DIR, one rename each
+  flags-I-of-N.csv       shard I's part of a summary CSV, moved there with its files
 The shard that finds all N parts present (under the lock: exactly one does) writes the merged
 `DIR/flags.csv`, rows in the order of one un-sharded run, and removes `.shards/`. A shard that
-failed can be run again alone: the others' parts are kept.
+failed can be run again alone: the others' parts are kept. DIR must be on a filesystem whose file
+locks hold across the machines that share it (a local disk; NFS).
 """
 from __future__ import annotations
 
@@ -94,16 +95,21 @@ def shard_folder(final: Path, shard: Shard, job: dict[str, Any], overwrite: bool
     stage = Path(tempfile.mkdtemp(prefix=f"stage-{shard.index}-of-{shard.count}-", dir=final / SHARDS))
     try:
         yield stage
-        parts = {name: stage / name for name in merged}
-        for entry in stage.iterdir():
-            if entry not in parts.values():
-                os.replace(entry, final / entry.name)
         with _locked(final):
-            for name, path in parts.items():
-                os.replace(path, _part(final, name, shard))
+            _deliver(stage, final, shard, job, merged)
             _merge_when_complete(final, shard.count, merged, order)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _deliver(stage: Path, final: Path, shard: Shard, job: dict[str, Any], merged: Sequence[str]) -> None:
+    """Under the lock: move the shard's files into `final` (one rename each: a file is there whole
+    or not at all) and its summaries into parts, unless another job has taken the folder meanwhile."""
+    if _read_job(final) != job:
+        raise ConfigError(f"{final}: another job replaced this sharded prediction while shard {shard} ran "
+                          "(--overwrite); nothing of this shard was kept")
+    for entry in stage.iterdir():
+        os.replace(entry, _part(final, entry.name, shard) if entry.name in merged else final / entry.name)
 
 
 def _join(final: Path, shard: Shard, job: dict[str, Any], overwrite: bool, what: str,
@@ -144,7 +150,12 @@ def _difference(found: dict[str, Any], job: dict[str, Any], shard: Shard) -> str
     if found.get("shards") != job["shards"]:
         return f"shard {shard} joins a prediction split into {found.get('shards')} shards there"
     key = next(k for k in sorted({*found, *job}) if found.get(k) != job.get(k))
-    return f"a sharded prediction with another {key} is there ({found.get(key)!r}, here {job.get(key)!r})"
+    there, here = (_short(repr(v)) for v in (found.get(key), job.get(key)))
+    return f"a sharded prediction with another {key} is there ({there} there, {here} here)"
+
+
+def _short(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else f"{text[:most - 1]}…"
 
 
 def _clear(final: Path) -> None:
