@@ -183,3 +183,11 @@ def test_volume_shards_merged_equal_a_single_run(tmp_path: Path) -> None:
     single = _contents(tmp_path / "single")
     assert {"case_04.nii.gz", "case_05.nii.gz", "series.nii.gz", "flags.csv"} <= set(single)
     assert _contents(tmp_path / "shared") == single
+
+
+@pytest.mark.parametrize("value", [(2, 2), (0, 0), (1,), "1-2", (True, 2)])
+def test_the_api_refuses_bad_shards_before_loading_the_model(value, tmp_path: Path) -> None:
+    from medunet.api.predict import predict
+
+    with pytest.raises(ConfigError, match="shard"):
+        predict(tmp_path / "no-run", tmp_path / "no-images", tmp_path / "out", shard=value)

@@ -99,7 +99,8 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         _write_flags(stage / "flags.csv", flags)
     logger.info("%d masks written to %s", len(written), out)
     if flags:
-        logger.warning("%d image(s) flagged (empty or unusual area): see %s", len(flags), Path(out) / "flags.csv")
+        logger.warning("%d image(s) flagged (empty or unusual area): see %s%s", len(flags), Path(out) / "flags.csv",
+                       " when every shard is done" if shard else "")
     return written
 
 
@@ -110,7 +111,11 @@ def _sharded(shard: Shard | tuple[int, int] | str | None) -> Shard | None:
     if isinstance(shard, str):
         shard = Shard.parse(shard, "shard")
     elif not isinstance(shard, Shard):
-        shard = Shard(*shard)
+        try:
+            index, count = shard
+        except (TypeError, ValueError):
+            raise ConfigError(f"shard {shard!r}: expected (I, N), a Shard or \"I/N\"") from None
+        shard = Shard(index, count)
     return shard if shard.count > 1 else None
 
 

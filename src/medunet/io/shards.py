@@ -140,8 +140,8 @@ def _claim(final: Path, shard: Shard, job: dict[str, Any], overwrite: bool, what
     if found is None:  # an old result, or nothing yet
         check_free(final, overwrite, what, ignore=(SHARDS,))
     _clear(final)
-    mark(final)
-    write_json(final / SHARDS / JOB, job)
+    write_json(final / SHARDS / JOB, job)  # before the marker: a crash between the two leaves a folder that
+    mark(final)                            # is this job's, not an old result to refuse
     logger.info("%s: sharded job of %d started by shard %s", final, shard.count, shard)
 
 
