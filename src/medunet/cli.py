@@ -382,7 +382,7 @@ def _predict(args: argparse.Namespace, progress: bool) -> None:
     print(f"{len(written)} masks written to {args.out}" + (f" (shard {shard})" if shard else ""))
 
 
-def _shard(text: str | None):
+def _shard(text: str | None) -> Shard | None:
     """--shard I/N, else the launcher's RANK/WORLD_SIZE (torchrun sets both), else None."""
     import os
 
