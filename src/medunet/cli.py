@@ -212,6 +212,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     dicom.add_argument("--series-uid", metavar="UID", help="the series to read from a folder holding several")
     dicom.add_argument("--class-names", type=_names, metavar="A,B,...",
                        help="names of the foreground classes in id order (default: the run's)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only inputs I, I+N, I+2N, ... of the sorted list (I counts from 0: 0/2 and 1/2), "
+                        "N processes or machines writing into one --out; the last to finish merges flags.csv. "
+                        "Default under torchrun: RANK/WORLD_SIZE")
     _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
@@ -404,12 +408,36 @@ def _predict(args: argparse.Namespace, progress: bool) -> None:
     import medunet
 
     run, images = _model_and_images(args)
+    shard = _shard(args.shard)
     written = medunet.predict(run, images, args.out, overlay=args.overlay,
                               probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
                               overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                               dicom_seg=args.dicom_seg, rtstruct=args.rtstruct, series_uid=args.series_uid,
-                              class_names=args.class_names, **_inference_options(args))
-    print(f"{len(written)} masks written to {args.out}")
+                              class_names=args.class_names, shard=shard, **_inference_options(args))
+    print(f"{len(written)} masks written to {args.out}" + (f" (shard {shard})" if shard else ""))
+
+
+def _shard(text: str | None) -> Shard | None:
+    """--shard I/N, else the launcher's RANK/WORLD_SIZE (torchrun sets both), else None."""
+    import os
+
+    from medunet.io.shards import Shard
+
+    if text is not None:
+        return Shard.parse(text)
+    shard = Shard.from_env(os.environ)
+    if shard is not None and os.environ.get("LOCAL_RANK", "").isdigit():
+        _use_local_gpu(int(os.environ["LOCAL_RANK"]))
+    return shard
+
+
+def _use_local_gpu(local_rank: int) -> None:
+    """torchrun starts one process per GPU of a machine: process LOCAL_RANK takes that GPU as "cuda",
+    rather than all of them sharing the first."""
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
 
 
 def _model_and_images(args: argparse.Namespace) -> tuple[Path, Path]:
