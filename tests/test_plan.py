@@ -152,7 +152,7 @@ def test_patience_stops_a_run_that_no_longer_improves(disc_data: Path, tmp_path:
     from medunet.engine import trainer
 
     scores = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.9, 0.95])
-    monkeypatch.setattr(trainer, "validate", lambda predictor, val: next(scores))
+    monkeypatch.setattr(trainer, "validate", lambda predictor, val, world: next(scores))
     run = tmp_path / "run"
     assert main(["-q", "train", str(disc_data), "--out", str(run), "--patience", "3", "--size", "32",
                  "--samples-per-epoch", "4", "--batch", "4", "--preset", "tiny", "--device", "cpu"]) == 0

@@ -16,6 +16,7 @@ import torch
 
 from medunet.cli import main
 from medunet.engine import trainer
+from medunet.engine import step as step_module
 from medunet.engine.checkpoint import load_checkpoint
 
 ARGS = ["--size", "48", "--batch", "4", "--samples-per-epoch", "8", "--device", "cpu", "--preset", "small"]
@@ -134,19 +135,21 @@ def test_overwrite_refuses_a_folder_medunet_did_not_write(disc_data: Path, tmp_p
 
 
 def test_non_finite_losses_skip_steps_then_stop(disc_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    real = trainer._step
+    real_build = trainer.build_loss
     calls = {"n": 0}
 
-    def poisoned(loop, x, y, job):
-        calls["n"] += 1
-        if calls["n"] == 1:  # one bad step in epoch 1: skipped, training goes on
-            return None
-        if calls["n"] > 3:   # from epoch 2 on every step is bad: training must stop
-            return None
-        return real(loop, x, y, job)
+    def nan_on_some_steps(channels):
+        real = real_build(channels)
 
-    monkeypatch.setattr(trainer, "_step", poisoned)
-    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+        def loss(logits, target):
+            calls["n"] += 1
+            value = real(logits, target)
+            # one bad step in epoch 1: skipped, training goes on; from epoch 2 on every step is bad
+            return value * float("nan") if calls["n"] == 1 or calls["n"] > 3 else value
+        return loss
+
+    monkeypatch.setattr(trainer, "build_loss", nan_on_some_steps)
+    monkeypatch.setattr(step_module, "MAX_BAD_STEPS", 3)
     run = tmp_path / "run"
     argv = ["train", str(disc_data), "--out", str(run), "--epochs", "4", *ARGS, "--samples-per-epoch", "12"]
     assert main(argv) == 2
@@ -154,6 +157,19 @@ def test_non_finite_losses_skip_steps_then_stop(disc_data: Path, tmp_path: Path,
     assert "NaN/Inf" in err and "last.pt" in err and len(err.strip().splitlines()) == 1
     assert load_checkpoint(run / "checkpoints" / "last.pt").train["epoch"] == 1
     assert _epochs(run) == [1]
+
+
+def test_a_skipped_step_changes_nothing_in_the_optimiser() -> None:
+    """The step is skipped on the device (no host read): weights, moments and step count stay."""
+    model = torch.nn.Linear(3, 2)
+    optimiser = step_module.make_optimiser(model, 0.1, 0.0)
+    model(torch.randn(4, 3)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    step_module.apply_step(optimiser, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(float(optimiser.state[p].get("step", 0)) == 0 for p in model.parameters())
+    step_module.apply_step(optimiser, torch.tensor(True))
+    assert not torch.equal(before[0], model.weight)
 
 
 def test_nan_gradients_never_reach_the_weights_and_count_across_epochs(disc_data: Path, tmp_path: Path,
@@ -174,7 +190,7 @@ def test_nan_gradients_never_reach_the_weights_and_count_across_epochs(disc_data
         return loss
 
     monkeypatch.setattr(trainer, "build_loss", nan_gradients_after_first_step)
-    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+    monkeypatch.setattr(step_module, "MAX_BAD_STEPS", 3)
     run = tmp_path / "run"
     argv = ["train", str(disc_data), "--out", str(run), "--epochs", "6", *ARGS, "--samples-per-epoch", "4"]
     assert main(argv) == 2  # one step per epoch: the bad steps must add up across epochs
@@ -194,7 +210,7 @@ def test_nan_gradients_in_fp16_stop_the_run_too(disc_data: Path, tmp_path: Path,
         return lambda logits, target: real(logits, target) + torch.sqrt(logits.float().mean() * 0)
 
     monkeypatch.setattr(trainer, "build_loss", nan_gradients)
-    monkeypatch.setattr(trainer, "MAX_BAD_STEPS", 3)
+    monkeypatch.setattr(step_module, "MAX_BAD_STEPS", 3)
     run = tmp_path / "run"
     argv = ["train", str(disc_data), "--out", str(run), "--epochs", "6", *ARGS, "--samples-per-epoch", "8",
             "--precision", "fp16"]
@@ -206,7 +222,7 @@ def test_validation_with_nothing_to_score_still_gives_a_best_checkpoint(disc_dat
                                                                          monkeypatch) -> None:
     """Every validation image empty in truth and prediction: Dice is undefined (NaN), and NaN > best
     is never true, so best.pt would never be written."""
-    monkeypatch.setattr(trainer, "validate", lambda predictor, val: float("nan"))
+    monkeypatch.setattr(trainer, "validate", lambda predictor, val, world: float("nan"))
     run = tmp_path / "run"
     assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "2", *ARGS]) == 0
     assert load_checkpoint(run / "checkpoints" / "best.pt").train["epoch"] == 2   # the latest, lacking a score

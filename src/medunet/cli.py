@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -156,7 +157,13 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--foreground-share", type=float,
                    help="share of training crops centred on foreground (default: the plan's)")
     p.add_argument("--label-mode", default="auto", help="auto | binary | classes")
-    p.add_argument("--samples-per-epoch", type=int)
+    p.add_argument("--samples-per-epoch", type=int, help="epoch length in crops (default: the plan's steps)")
+    p.add_argument("--steps-per-epoch", type=int, help="epoch length in optimiser steps (default: the plan's)")
+    p.add_argument("--val-every", type=int, metavar="N",
+                   help="validate and save checkpoints every N epochs and after the last (default: the plan's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step's network")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N GPUs of this machine: runs this command under torchrun with N processes")
     p.add_argument("--deterministic", action="store_true", help="bit-reproducible on CPU (slower; auto precision is fp32)")
     p.add_argument("--cache", default="auto",
                    help="ram | disk | auto: preprocessed images in RAM, or memory-mapped files built once "
@@ -209,6 +216,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     dicom.add_argument("--series-uid", metavar="UID", help="the series to read from a folder holding several")
     dicom.add_argument("--class-names", type=_names, metavar="A,B,...",
                        help="names of the foreground classes in id order (default: the run's)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only inputs I, I+N, I+2N, ... of the sorted list (I counts from 0: 0/2 and 1/2), "
+                        "N processes or machines writing into one --out; the last to finish merges flags.csv. "
+                        "Default under torchrun: RANK/WORLD_SIZE")
     _add_inference(p)
     p.add_argument("--overwrite", action="store_true")
 
@@ -322,6 +333,30 @@ def _normalisation(args: argparse.Namespace) -> str | None:
     return args.normalise or implied or "auto"
 
 
+def _under_torchrun(gpus: int, full_argv: list[str]) -> int | None:
+    """`--gpus N`: this same command again under torchrun, N processes on this node (without
+    --gpus); its exit code. N = 1, or already under torchrun: nothing to do, train here."""
+    import os
+    import subprocess
+
+    from medunet.errors import ConfigError
+
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    if gpus == 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    argv, rest = [], iter(full_argv)
+    for arg in rest:
+        if arg == "--gpus":
+            next(rest, None)
+        elif not arg.startswith("--gpus="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "medunet", *argv]
+    logging.getLogger("medunet").info("running under torchrun: %s", " ".join(command[1:]))
+    return subprocess.call(command)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the command; the exit code (0, or 2 when `doctor` found errors)."""
     progress = not args.quiet and sys.stderr.isatty()
@@ -339,19 +374,23 @@ def _settings(args: argparse.Namespace):
                           class_names=tuple(args.class_names) if args.class_names else None)
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, time_budget=args.time, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, augment=args.augment,
-                      samples_per_epoch=args.samples_per_epoch, deterministic=args.deterministic,
+                      samples_per_epoch=args.samples_per_epoch, steps_per_epoch=args.steps_per_epoch,
+                      val_every=args.val_every, compile=args.compile, deterministic=args.deterministic,
                       precision=args.precision, patience=args.patience, ema=args.ema,
                       deep_supervision=args.deep_supervision, cache=args.cache, cache_dir=args.cache_dir)
     return data_cfg, cfg
 
 
-def _train(args: argparse.Namespace, progress: bool) -> None:
+def _train(args: argparse.Namespace, progress: bool) -> int | None:
     import medunet
 
     data_cfg, cfg = _settings(args)
+    if args.gpus is not None:
+        return _under_torchrun(args.gpus, args.argv)
     run = medunet.train(args.data, args.out, data_cfg=data_cfg, cfg=cfg, overwrite=args.overwrite,
                         resume=args.resume, progress=progress, init=args.init, folds=args.folds)
-    print(f"run folder: {run}")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun: once, not once per process
+        print(f"run folder: {run}")
 
 
 def _plan(args: argparse.Namespace, progress: bool) -> None:
@@ -373,12 +412,36 @@ def _predict(args: argparse.Namespace, progress: bool) -> None:
     import medunet
 
     run, images = _model_and_images(args)
+    shard = _shard(args.shard)
     written = medunet.predict(run, images, args.out, overlay=args.overlay,
                               probabilities=args.probabilities, crop_box=args.crop_box, boxes=args.boxes,
                               overwrite=args.overwrite, progress=progress, crop=args.crop, batch=args.batch,
                               dicom_seg=args.dicom_seg, rtstruct=args.rtstruct, series_uid=args.series_uid,
-                              class_names=args.class_names, **_inference_options(args))
-    print(f"{len(written)} masks written to {args.out}")
+                              class_names=args.class_names, shard=shard, **_inference_options(args))
+    print(f"{len(written)} masks written to {args.out}" + (f" (shard {shard})" if shard else ""))
+
+
+def _shard(text: str | None) -> Shard | None:
+    """--shard I/N, else the launcher's RANK/WORLD_SIZE (torchrun sets both), else None."""
+    import os
+
+    from medunet.io.shards import Shard
+
+    if text is not None:
+        return Shard.parse(text)
+    shard = Shard.from_env(os.environ)
+    if shard is not None and os.environ.get("LOCAL_RANK", "").isdigit():
+        _use_local_gpu(int(os.environ["LOCAL_RANK"]))
+    return shard
+
+
+def _use_local_gpu(local_rank: int) -> None:
+    """torchrun starts one process per GPU of a machine: process LOCAL_RANK takes that GPU as "cuda",
+    rather than all of them sharing the first."""
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
 
 
 def _model_and_images(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -530,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version and bad options: argparse has printed its line
         return int(exc.code or 0)
+    args.argv = argv   # the command as given (train --gpus runs it again under torchrun)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         code = _run(args)

@@ -40,7 +40,7 @@ DEMO_VOLUME_SAMPLES = 320
 def demo_config(seed: int = 0, device: str = "auto", precision: str = "auto", volumes: bool = False) -> TrainConfig:
     """The demo's training settings: a fixed length, whatever the machine's speed."""
     epochs, samples = (DEMO_VOLUME_EPOCHS, DEMO_VOLUME_SAMPLES) if volumes else (DEMO_EPOCHS, DEMO_SAMPLES_PER_EPOCH)
-    return TrainConfig(preset=DEMO_PRESET, epochs=epochs, samples_per_epoch=samples,
+    return TrainConfig(preset=DEMO_PRESET, epochs=epochs, samples_per_epoch=samples, val_every=1,
                        batch=DEMO_BATCH, seed=seed, device=device, precision=precision)
 
 

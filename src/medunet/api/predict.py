@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from contextlib import AbstractContextManager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,10 @@ import tifffile
 from tqdm import tqdm
 
 from medunet.io.outputs import staged_folder
+from medunet.io.shards import Shard, shard_folder
 from medunet.config import PredictConfig
 from medunet.api.predict_volumes import predict_volumes
-from medunet.data.pairs import check_one_kind, images_by_stem, is_volume_entry
+from medunet.data.pairs import check_one_kind, entry_stem, images_by_stem, is_volume_entry
 from medunet.engine.ensemble import load_segmenter
 from medunet.engine.predictor import Output, Segmenter
 from medunet.errors import ConfigError, DataError
@@ -24,12 +27,16 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 16  # images decoded at a time: bounded memory for large folders
 Box = tuple[int, int, int, int]  # X, Y, W, H in pixels of the original image
+# PredictConfig fields that choose how the network runs, not what it predicts: shards on different
+# machines may differ in them and still be one job.
+HOW = ("device", "batch", "precision", "engine")
 
 
 def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, probabilities: bool = False,
             crop_box: Box | None = None, boxes: Path | None = None, overwrite: bool = False,
             progress: bool = True, dicom_seg: bool = False, rtstruct: bool = False, series_uid: str | None = None,
-            class_names: list[str] | None = None, **options) -> list[Path]:
+            class_names: list[str] | None = None, shard: Shard | tuple[int, int] | str | None = None,
+            **options) -> list[Path]:
     """Write one mask per image of `images_dir` into `out` (same stem, same size); returns the mask paths.
 
     Masks use the training labels' encoding (0/255, 0/1 or class ids). Only a box of each image
@@ -44,16 +51,25 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     post-processed in 3D (`predict_volumes`); `dicom_seg` and `rtstruct` add DICOM outputs for
     a DICOM series, `series_uid` chooses the series in a folder holding several, `class_names`
     name the foreground classes there (default: the run's).
+
+    `shard` (I, N), a Shard or "I/N": predict only inputs I, I+N, I+2N, ... of the sorted list (I
+    counts from 0), with N processes sharing `out`; the last one to finish writes the merged
+    `flags.csv` (`medunet.io.shards`). Returns this shard's paths.
     """
     cfg = PredictConfig(**options)
+    shard = _sharded(shard)
     predictor = load_segmenter(Path(run), cfg)
     paths = _entries(Path(images_dir))  # one mask per stem: clashes refused
+    outputs = dict(overlay=overlay, probabilities=probabilities, crop_box=crop_box, boxes=boxes, dicom_seg=dicom_seg,
+                   rtstruct=rtstruct, series_uid=series_uid, class_names=class_names)
+    folder = _folder(Path(out), overwrite, shard, paths, _job(run, images_dir, paths, cfg, outputs))
+    mine = shard.take(paths) if shard else paths
     if paths and is_volume_entry(paths[0]):
         if crop_box or boxes or cfg.crop:
             raise ConfigError("--crop, --crop-box and --boxes are for 2D images; volumes are predicted whole")
         flags: list[dict] = []
-        with staged_folder(Path(out), overwrite, "prediction folder") as stage:
-            names = predict_volumes(predictor, paths, stage, probabilities=probabilities, overlay=overlay,
+        with folder as stage:
+            names = predict_volumes(predictor, mine, stage, probabilities=probabilities, overlay=overlay,
                                     dicom_seg=dicom_seg, rtstruct=rtstruct, series_uid=series_uid,
                                     names=class_names, progress=progress,
                                     on_case=lambda stem, classes: flags.extend(_flag(stem, classes, predictor)))
@@ -64,10 +80,10 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
     box_of = read_boxes(boxes) if boxes else {}
     written: list[Path] = []
     flags: list[dict] = []
-    with staged_folder(Path(out), overwrite, "prediction folder") as stage:
-        bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
-        for start in range(0, len(paths), CHUNK):
-            chunk = paths[start:start + CHUNK]
+    with folder as stage:
+        bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not progress, leave=False)
+        for start in range(0, len(mine), CHUNK):
+            chunk = mine[start:start + CHUNK]
             images = [read_image(p) for p in chunk]
             geometries = [_geometry(p, im.shape[:2], cfg, crop_box, box_of)
                           for p, im in zip(chunk, images)]
@@ -83,8 +99,39 @@ def predict(run: Path, images_dir: Path, out: Path, *, overlay: bool = False, pr
         _write_flags(stage / "flags.csv", flags)
     logger.info("%d masks written to %s", len(written), out)
     if flags:
-        logger.warning("%d image(s) flagged (empty or unusual area): see %s", len(flags), Path(out) / "flags.csv")
+        logger.warning("%d image(s) flagged (empty or unusual area): see %s%s", len(flags), Path(out) / "flags.csv",
+                       " when every shard is done" if shard else "")
     return written
+
+
+def _sharded(shard: Shard | tuple[int, int] | str | None) -> Shard | None:
+    """A Shard of two or more, or None: one shard of one is an ordinary run."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        shard = Shard.parse(shard, "shard")
+    elif not isinstance(shard, Shard):
+        try:
+            index, count = shard
+        except (TypeError, ValueError):
+            raise ConfigError(f"shard {shard!r}: expected (I, N), a Shard or \"I/N\"") from None
+        shard = Shard(index, count)
+    return shard if shard.count > 1 else None
+
+
+def _job(run: Path, images_dir: Path, paths: list[Path], cfg: PredictConfig, outputs: dict) -> dict:
+    """What makes shards one job: the model, the inputs, and the settings that change what is written."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in HOW}
+    return {"run": Path(run).resolve(), "images": Path(images_dir).resolve(), "inputs": [p.name for p in paths],
+            **outputs, **settings}
+
+
+def _folder(out: Path, overwrite: bool, shard: Shard | None, paths: list[Path],
+            job: dict) -> AbstractContextManager[Path]:
+    """Where a prediction writes: a staged folder moved into place whole, or one shard's part of `out`."""
+    if shard is None:
+        return staged_folder(out, overwrite, "prediction folder")
+    return shard_folder(out, shard, job, overwrite, order=[entry_stem(p) for p in paths])
 
 
 def _entries(images: Path) -> list[Path]:

@@ -27,7 +27,9 @@ from medunet.data.volume_cache import volume_encoding
 from medunet.data.volume_fingerprint import volume_fingerprint
 from medunet.data.pairs import read_split as read_split_file
 from medunet.engine import precision as precisions
+from medunet.engine import distributed
 from medunet.engine.device import resolve_device
+from medunet.engine.distributed import World
 from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine.metadata import preset_name
 from medunet.engine.precision import Precision
@@ -118,20 +120,22 @@ def _train_val_pairs(splits: dict, data_cfg: DataConfig, seed: int, pooled: bool
 
 
 def load_dataset(data: Path, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
-                 model: ModelConfig | None = None) -> Dataset:
+                 model: ModelConfig | None = None, world: World = distributed.SINGLE) -> Dataset:
     """Decode, plan the settings left open, and build the caches. The decoded files are let go as
     the caches are built, so only the float32 caches stay in memory during training. `model` is
     the network when it is given (`--init`), not planned."""
     decoded = decode_dataset(data, data_cfg, cfg.seed, cache=cfg.cache, cache_dir=cfg.cache_dir)
-    return prepare_dataset(decoded, data_cfg, cfg, device, model=model)
+    return prepare_dataset(decoded, data_cfg, cfg, device, model=model, world=world)
 
 
 def prepare_dataset(decoded: Decoded, data_cfg: DataConfig, cfg: TrainConfig, device: torch.device,
-                    consume: bool = True, model: ModelConfig | None = None) -> Dataset:
-    """The plan for `decoded` with the settings of `data_cfg`/`cfg` kept, and the caches it asks for."""
+                    consume: bool = True, model: ModelConfig | None = None,
+                    world: World = distributed.SINGLE) -> Dataset:
+    """The plan for `decoded` with the settings of `data_cfg`/`cfg` kept, and the caches it asks
+    for. Under torchrun the plan is rank 0's (it times the device), the same on every rank."""
     n = decoded.encoding.n_classes
     data_cfg = replace(data_cfg, channels=decoded.fingerprint.channels)
-    plan = make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n, model)
+    plan = world.on_main(lambda: make_plan(decoded.fingerprint, data_cfg, cfg, device, 1 if n == 2 else n, model))
     for line in plan.lines():
         logger.info("plan: %s", line)
     if decoded.disk is not None:
@@ -169,6 +173,8 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
     if folds is not None:
         if resume or init is not None:
             raise ConfigError("--folds trains a new cross-validated run; it takes neither --resume nor --init")
+        if distributed.from_env().distributed:
+            raise ConfigError("--folds runs in one process; under torchrun train each fold as its own job")
         from medunet.api.cv import train_folds
 
         out = Path(out) if out is not None else _default_run(Path(data))
@@ -176,10 +182,18 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
                            overwrite=overwrite, progress=progress)
     if resume and init is not None:
         raise ConfigError("--init starts a new run from other weights; --resume continues this one: give one")
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out RUN (the run folder to continue)")
-        return _resume(Path(out), cfg, progress)
+    if resume and out is None:
+        raise ConfigError("--resume needs --out RUN (the run folder to continue)")
+    with distributed.session(cfg.device) as world:
+        _quiet_unless_main(world)
+        if resume:
+            return _resume(Path(out), cfg, progress, world)
+        return _train_new(Path(data), out, data_cfg, cfg, augment, overwrite, progress, init, world)
+
+
+def _train_new(data: Path, out: Path | None, data_cfg: DataConfig | None, cfg: TrainConfig,
+               augment: AugmentConfig | None, overwrite: bool, progress: bool, init: Path | None,
+               world: World) -> Path:
     start = load_checkpoint(Path(init)) if init is not None else None
     data_cfg = data_cfg or DataConfig()
     if start is not None:
@@ -187,17 +201,24 @@ def train(data: Path, out: Path | None = None, *, data_cfg: DataConfig | None = 
             raise ConfigError(f"--init {init} gives the network; --preset {cfg.preset} would choose another: give one")
         if data_cfg.normalise == "auto":   # the starting weights' preprocessing (a Keras model: x / 255)
             data_cfg = replace(data_cfg, **init_preprocessing(start))
-    out = Path(out) if out is not None else _default_run(Path(data))
+    out = Path(out) if out is not None else _default_run(data)
     check_run_folder(out, overwrite)
-    device = resolve_device(cfg.device)
+    world.barrier()   # every rank has seen the folder as it was, before rank 0 clears it
+    device = distributed.device_for(world, resolve_device(cfg.device))
     augment = augment or augment_preset(cfg.augment)
-    dataset = load_dataset(Path(data), data_cfg, cfg, device, start.model_config if start else None)
-    return train_prepared(dataset, out, cfg, augment, device, progress, start, init)
+    dataset = load_dataset(data, data_cfg, cfg, device, start.model_config if start else None, world)
+    return train_prepared(dataset, out, cfg, augment, device, progress, start, init, world=world)
+
+
+def _quiet_unless_main(world: World) -> None:
+    """Ranks other than 0 say only what goes wrong: one log, not one per process."""
+    if not world.main:
+        logging.getLogger("medunet").setLevel(logging.WARNING)
 
 
 def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment: AugmentConfig,
                    device: torch.device, progress: bool = True, start: Checkpoint | None = None,
-                   init: Path | None = None, tune_after: bool = True) -> Path:
+                   init: Path | None = None, tune_after: bool = True, world: World = distributed.SINGLE) -> Path:
     """Train on a planned, cached dataset into the run folder `out` (checked free by the caller),
     from the network and weights of `start` (loaded from `init`) when given; then tune the
     post-processing on the validation split (`tune_after`)."""
@@ -205,17 +226,28 @@ def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment:
     model, origin = _initial_model(cfg, dataset, start, init)
     logger.info("data: %d train, %d validation images; labels: %s; %d input channel(s)",
                 len(dataset.train), len(dataset.val), dataset.encoding.describe(), data_cfg.input_channels)
-    precision, speeds = choose_precision(cfg, device, model, data_cfg, cfg.batch)
-    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s%s", preset_name(model.cfg),
+    check_batch(cfg.batch, world)
+    precision, speeds = world.on_main(lambda: choose_precision(cfg, device, model, data_cfg, cfg.batch))
+    logger.info("model: %s preset, %s parameters, on %s, batch %d, %s%s%s", preset_name(model.cfg),
                 f"{count_parameters(model):,}", device, cfg.batch, precision.name,
-                f", weights from {init}" if init is not None else "")
-    clear(out)
-    _write_run_files(out, dataset, requested, model.cfg, augment,
-                     {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
-                      "measured_images_per_s": speeds}, origin)
+                f", weights from {init}" if init is not None else "",
+                f", {world.size} processes of {cfg.batch // world.size}" if world.distributed else "")
+    if world.main:
+        clear(out)
+        _write_run_files(out, dataset, requested, model.cfg, augment,
+                         {"requested": cfg.precision, "chosen": precision.name, "device": device.type,
+                          "measured_images_per_s": speeds}, origin, world.size)
+    world.barrier()
     job = Job(out, data_cfg, augment, dataset.encoding, device, cfg.batch, progress, area_stats(dataset.train),
-              precision, data_summary(dataset), origin)
+              precision, data_summary(dataset), origin, world)
     return _fit(model, (dataset.train, dataset.val), cfg, job, tune_after=tune_after)
+
+
+def check_batch(batch: int, world: World) -> None:
+    """The global batch is split evenly over the processes of a torchrun job."""
+    if batch % world.size:
+        raise ConfigError(f"--batch {batch} does not split over {world.size} processes: give a multiple of "
+                          f"{world.size}")
 
 
 def init_preprocessing(start: Path | Checkpoint) -> dict:
@@ -288,8 +320,9 @@ def _fit(model: UNet, caches: tuple[Cache, Cache], cfg: TrainConfig, job: Job, r
     best = f"{state.best_dice:.4f}" if state.best_dice >= 0 else "undefined (no validation image had foreground)"
     logger.info("done: %d epochs in %.0f s, best validation Dice %s; run folder %s",
                 state.epoch, state.elapsed, best, job.run_dir)
-    if tune_after:
+    if tune_after and job.world.main:
         tune(job.run_dir, device=job.device.type, precision=job.precision, cache=caches[1])
+    job.world.barrier()   # the other ranks wait for the run folder to be complete
     return job.run_dir
 
 
@@ -301,11 +334,13 @@ def check_run_folder(out: Path, overwrite: bool) -> None:
     check_free(out, overwrite, "run folder")
 
 
-def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
+def _resume(out: Path, overrides: TrainConfig, progress: bool, world: World = distributed.SINGLE) -> Path:
     """Rebuild everything from the run folder: config.json, split.json and checkpoints/last.pt."""
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
-    for tmp in remove_stale_temporaries(out / "checkpoints") + remove_stale_temporaries(out):
-        logger.info("removed %s, half-written when the previous run was killed", tmp.name)
+    world.barrier()   # every rank has read last.pt before rank 0 tidies the folder
+    if world.main:
+        for tmp in remove_stale_temporaries(out / "checkpoints") + remove_stale_temporaries(out):
+            logger.info("removed %s, half-written when the previous run was killed", tmp.name)
     try:
         stored = json.loads((out / "config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -316,12 +351,13 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool) -> Path:
     if overrides.device != "auto":
         cfg = replace(cfg, device=overrides.device)
     caches = _resume_caches(read_split_file(out / "split.json"), ckpt, cfg, out)
-    device = resolve_device(cfg.device)
+    device = distributed.device_for(world, resolve_device(cfg.device))
     model = ckpt.build_model().train()
+    check_batch(stored["batch"], world)
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
-    precision = choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0]
+    precision = world.on_main(lambda: choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0])
     job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
-              stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin)
+              stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin, world)
     logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
 
@@ -349,7 +385,7 @@ def _default_run(data: Path) -> Path:
 
 
 def _write_run_files(out: Path, dataset: Dataset, requested: TrainConfig, model_cfg, augment: AugmentConfig,
-                     precision: dict, origin: dict) -> None:
+                     precision: dict, origin: dict, processes: int = 1) -> None:
     """config.json holds the resolved settings ("data", "train") and where each came from: the
     plan with its reasons and what was asked for ("requested")."""
     plan = dataset.plan
@@ -359,6 +395,6 @@ def _write_run_files(out: Path, dataset: Dataset, requested: TrainConfig, model_
         "batch": plan.train.batch, "precision": precision, "data": to_dict(plan.data), "model": to_dict(model_cfg),
         "train": to_dict(plan.train), "augment": to_dict(augment), "label_encoding": dataset.encoding.to_dict(),
         "plan": plan.to_dict(), "requested": {"data": to_dict(dataset.requested), "train": to_dict(requested)},
-        "origin": origin,
+        "origin": origin, "processes": processes,
     })
     write_split(out / "split.json", dataset.splits, plan.data.group_by)

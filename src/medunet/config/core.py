@@ -171,7 +171,10 @@ class TrainConfig:
     batch: int | None = None             # None: 8 on CPU, 32 on CUDA
     lr: float = 1e-3
     weight_decay: float = 0.0
-    samples_per_epoch: int | None = None  # None: the number of training images, at least 200
+    samples_per_epoch: int | None = None  # crops per epoch (an older way to give an epoch's length)
+    steps_per_epoch: int | None = None   # None: the plan's (a fixed count, see planner)
+    val_every: int | None = None         # validation and checkpoints every N epochs and after the last (None: the plan's)
+    compile: bool = False                # torch.compile the network of the training step
     device: str = "auto"                 # auto | cpu | cuda
     seed: int = 0
     augment: str = "default"             # an augmentation preset name
@@ -200,6 +203,11 @@ class TrainConfig:
         _check(self.max_epochs >= 1, f"max_epochs must be at least 1, got {self.max_epochs}")
         _check(0.0 <= self.ema < 1.0, f"--ema must be a decay in [0, 1), got {self.ema}")
         _check(self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+               f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch}")
+        _check(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+               f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}")
+        _check(self.val_every is None or self.val_every >= 1, f"--val-every must be at least 1, got {self.val_every}")
         _check(self.preset in ("auto", *MODEL_PRESETS),
                f"--preset must be auto or one of {', '.join(MODEL_PRESETS)}, got {self.preset!r}")
         _check_precision(self.precision)

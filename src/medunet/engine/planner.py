@@ -10,6 +10,12 @@ few and stated in pixels, so a user can predict what they do on their own data:
 - crop: the whole (scaled) image when it is not much larger than a 256² crop, else 256;
 - foreground sampling: a third of the crops centred on foreground when it is rare (under
   RARE_SHARE of the pixels, or absent from most images), as nnU-Net does;
+- epoch: the training images (slices) once, at least MIN_SAMPLES_PER_EPOCH crops, at most
+  MAX_STEPS_PER_EPOCH steps (beyond that the dataset's size no longer sets the epoch), and with a
+  time budget short enough that BUDGET_EPOCHS of them fit it at the timed speed (the budget then
+  never loses more than one short epoch at its end);
+- validation: after every epoch, or every N epochs when it would cost more than VAL_SHARE of
+  the training time and over MIN_VAL_SECONDS (and always after the last);
 - length: with a time budget, the epochs that fit, from a timed training step on this device;
   without one, until validation has not improved for `patience` epochs.
 """
@@ -39,6 +45,11 @@ WHOLE_IMAGE_AREA = 1.25 * CROP * CROP  # images up to this many pixels (scaled) 
 RARE_SHARE = 0.05          # foreground below this share of the pixels is oversampled
 FOREGROUND_SHARE = 1 / 3   # the oversampling share (nnU-Net's)
 MIN_SAMPLES_PER_EPOCH = 200
+MAX_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
+BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into
+MIN_STEPS_PER_EPOCH = 10
+VAL_SHARE = 0.1            # validation may cost this share of the training time
+MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
 
@@ -113,15 +124,15 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
         preset = choose("model", train.preset, *_preset(device))
     batch = choose("batch", train.batch, 32 if device.type == "cuda" else 8,
                    "what the device trains fastest per image at this size")
-    units = "slices" if fp.volumes is not None else "images"
-    n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images
-    samples = choose("epoch", train.samples_per_epoch, max(n_units, MIN_SAMPLES_PER_EPOCH),
-                     f"crops per epoch: the training {units}, at least {MIN_SAMPLES_PER_EPOCH}; validation after each")
     data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
-    train = replace(train, preset=preset, batch=batch, samples_per_epoch=samples)
+    train = replace(train, preset=preset, batch=batch)
     model = model or model_preset(train.preset, in_channels=data.input_channels, out_channels=out_channels,
                                   deep_supervision=train.deep_supervision)
-    seconds = _seconds_per_epoch(fp, data, train, device, model)
+    rate = _training_rate(data, train, device, model)
+    n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images
+    train = replace(train, steps_per_epoch=_steps(train, n_units, rate, choose, fp.volumes is not None))
+    train = replace(train, val_every=choose("validation", train.val_every, *_val_every(fp, data, train, rate)))
+    seconds = _seconds_per_epoch(fp, data, train, rate)
     choices.append(_length(train, seconds))
     return Plan(fp, data, train, preset, batch, device.type, tuple(choices), seconds)
 
@@ -189,23 +200,62 @@ def _length(train: TrainConfig, seconds: float | None) -> Choice:
                   f"{train.max_epochs}); {per_epoch}")
 
 
-def _seconds_per_epoch(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: torch.device,
-                       model_cfg: ModelConfig) -> float | None:
-    """Training + validation seconds of one epoch, from a timed training step of the planned model."""
+def _steps(train: TrainConfig, n_units: int, rate: float | None, choose, volumes: bool) -> int:
+    """Optimiser steps per epoch (module docstring); `samples_per_epoch`, when given, in steps."""
+    batch = train.batch or 8
+    if train.samples_per_epoch is not None and train.steps_per_epoch is None:
+        steps = math.ceil(train.samples_per_epoch / batch)
+        return choose("epoch", steps, steps, "")   # recorded as the user's: they gave its length in crops
+    units = "slices" if volumes else "images"
+    steps = min(math.ceil(max(n_units, MIN_SAMPLES_PER_EPOCH) / batch), MAX_STEPS_PER_EPOCH)
+    why = (f"{steps} steps of {batch}: the {n_units} training {units} once (at least {MIN_SAMPLES_PER_EPOCH} "
+           f"crops, at most {MAX_STEPS_PER_EPOCH} steps)")
+    if train.time_budget is not None and rate:
+        fit = max(MIN_STEPS_PER_EPOCH, int(train.time_budget / BUDGET_EPOCHS * rate / batch))
+        if fit < steps:
+            steps, why = fit, (f"{fit} steps of {batch}: {BUDGET_EPOCHS} epochs fit the {train.time_budget:.0f} s "
+                               f"budget at the timed {rate:.1f} img/s")
+    return choose("epoch", train.steps_per_epoch, steps, why + "; validation after each")
+
+
+def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None) -> tuple[int, str]:
+    """Validate every epoch unless that costs more than VAL_SHARE of the training time."""
+    if not rate:
+        return 1, "after every epoch"
+    train_s, val_s = train.steps_per_epoch * (train.batch or 8) / rate, _validation_seconds(fp, data, rate)
+    every = max(1, math.ceil(val_s / (VAL_SHARE * train_s))) if val_s > MIN_VAL_SECONDS else 1
+    if every == 1:
+        return 1, f"after every epoch (~{val_s:.1f} s against ~{train_s:.0f} s of training)"
+    return every, (f"every {every} epochs and after the last: ~{val_s:.1f} s each, at most {VAL_SHARE:.0%} of "
+                   f"the ~{train_s:.0f} s of training in between")
+
+
+def _validation_seconds(fp: Fingerprint, data: DataConfig, rate: float) -> float:
+    """Inference costs about a third of a training step per pixel."""
+    n_val = fp.volumes.n_validation_slices if fp.volumes is not None else fp.n_validation
+    val_pixels = n_val * fp.height[1] * fp.width[1] / data.input_scale ** 2
+    return val_pixels / (3 * rate * data.crop_size ** 2)
+
+
+def _training_rate(data: DataConfig, train: TrainConfig, device: torch.device,
+                   model_cfg: ModelConfig) -> float | None:
+    """Training images per second of the planned model, from a few timed steps."""
     model = UNet(model_cfg)
     channels = model_cfg.in_channels
     precision, _ = precisions.choose(train.precision, device, model, channels, data.crop_size, train.batch or 8)
     try:
-        rate = precisions.images_per_second(model, precision, device, channels, data.crop_size,
+        return precisions.images_per_second(model, precision, device, channels, data.crop_size,
                                             train.batch or 8, train=True, steps=PROBE_STEPS)
     except RuntimeError as exc:  # out of memory on a small GPU: the run itself will say so
         logger.warning("plan: timing probe failed (%s)", exc)
         return None
-    train_s = (train.samples_per_epoch or MIN_SAMPLES_PER_EPOCH) / rate
-    # inference costs about a third of a training step per pixel
-    n_val = fp.volumes.n_validation_slices if fp.volumes is not None else fp.n_validation
-    val_pixels = n_val * fp.height[1] * fp.width[1] / data.input_scale ** 2
-    return train_s + val_pixels / (3 * rate * data.crop_size ** 2)
+
+
+def _seconds_per_epoch(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None) -> float | None:
+    """Training + validation seconds of one epoch at `rate` training images per second."""
+    if not rate:
+        return None
+    return train.steps_per_epoch * (train.batch or 8) / rate + _validation_seconds(fp, data, rate) / train.val_every
 
 
 def describe_fingerprint(fp: Fingerprint) -> list[str]:

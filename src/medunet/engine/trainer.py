@@ -1,4 +1,12 @@
-"""fit(): the training loop as small functions — sample, augment, step, validate, checkpoint."""
+"""fit(): the training loop as small functions — sample, augment, step, validate, checkpoint.
+
+An epoch is a fixed number of optimiser steps (the plan's); validation and checkpoints follow every
+`val_every` epochs and the last. Nothing is read back from the device per step (`engine.step`), batches
+are cut ahead on CUDA (`engine.feeder`), and checkpoints are written in the background
+(`engine.background`). Under torchrun every rank runs this loop on its share of the batch
+(`engine.distributed`): rank 0 alone writes, and every decision that depends on the clock is
+rank 0's, broadcast at epoch boundaries.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -19,26 +27,32 @@ from tqdm import tqdm
 from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig
 from medunet.data.cache import Cache
 from medunet.data.encoding import LabelEncoding
-from medunet.data.sampler import CropSampler
-from medunet.data.slice_sampler import SliceSampler, build_sampler
+from medunet.data.slice_sampler import build_sampler
 from medunet.data.volume_cache import VolumeCache
+from medunet.engine import distributed, step as steps
+from medunet.engine.background import Writer, to_host
 from medunet.engine.checkpoint import Checkpoint, save_checkpoint
 from medunet.engine.device import keep_freed_memory
+from medunet.engine.distributed import World
+from medunet.engine.feeder import Feeder, build_feeder
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
-from medunet.engine.volume_predictor import validate_volumes
+from medunet.engine.step import StepTally
+from medunet.engine.train_state import State, Streams, restore, snapshot
+from medunet.engine.validation import validate
 from medunet.errors import MedunetError
 from medunet.io.outputs import write_text
 from medunet.losses import build_loss
-from medunet.metrics import mean_dice
 from medunet.models.unet import UNet
 from medunet.report.curves import plot_history
 from medunet.transforms.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
-MIN_SAMPLES_PER_EPOCH = 200   # tiny datasets still get epochs long enough to be worth validating
-MAX_BAD_STEPS = 20            # consecutive non-finite losses before training gives up
+MIN_SAMPLES_PER_EPOCH = 200   # epoch length of a TrainConfig that gives neither steps nor samples per epoch
+LOG_EVERY = 25                # steps between reads of the loss from the device (progress bar, divergence)
+
+__all__ = ["Job", "State", "TrainingDiverged", "TrainingInterrupted", "fit", "learning_rate", "validate"]
 
 
 class TrainingDiverged(MedunetError):
@@ -54,33 +68,28 @@ class Job:
     augment: AugmentConfig
     encoding: LabelEncoding
     device: torch.device
-    batch: int
+    batch: int                   # the global batch: split over the ranks of a torchrun job
     progress: bool = True
     area_stats: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=Precision)
     data_summary: dict = field(default_factory=dict)   # counts and sizes, for the model card
     origin: dict = field(default_factory=dict)         # where the first weights came from (--init)
+    world: World = field(default_factory=World)        # this process among the torchrun ranks
+
+    @property
+    def rank_batch(self) -> int:
+        """This rank's share of the global batch (the caller checks that it divides)."""
+        return self.batch // self.world.size
 
 
-@dataclass
-class State:
-    """Everything that changes during training (and what resume restores)."""
-
-    epoch: int = 0
-    elapsed: float = 0.0
-    best_dice: float = -1.0
-    best_epoch: int = 0
-    lr_drops: int = 0            # plateaus so far (patience stop rule: each halves the learning rate)
-    history: list[dict] = field(default_factory=list)
-
-
-def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
+def fit(model: UNet, train: Cache | VolumeCache, val: Cache | VolumeCache, cfg: TrainConfig, job: Job,
         resume: dict | None = None) -> State:
-    """Train `model` in place; writes checkpoints, history.csv and curves.png into `job.run_dir`.
+    """Train `model` in place; writes checkpoints, history.csv and curves.png into `job.run_dir`
+    (rank 0 alone, under torchrun).
 
     `resume` is the "train" dict of a `last.pt`: training continues after its epoch with the
     optimiser, RNG states and history it holds. Ctrl-C raises TrainingInterrupted after the last
-    completed epoch's `last.pt` is on disk.
+    recorded epoch's `last.pt` is on disk.
     """
     with _determinism(cfg.deterministic):
         return _fit(model, train, val, cfg, job, resume)
@@ -88,44 +97,16 @@ def fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job,
 
 @contextlib.contextmanager
 def _determinism(on: bool) -> Iterator[None]:
-    """Deterministic kernels for this run only; a Python caller's setting is restored afterwards."""
-    before = torch.are_deterministic_algorithms_enabled()
+    """Deterministic kernels for this run only (a caller's setting is restored afterwards); else
+    cuDNN times its kernels once per shape and keeps the fastest."""
+    before, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(on or before)
+    torch.backends.cudnn.benchmark = not (on or before)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
-
-
-def _fit(model: UNet, train: Cache, val: Cache, cfg: TrainConfig, job: Job, resume: dict | None) -> State:
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator(device=job.device).manual_seed(cfg.seed)
-    if job.device.type == "cpu":
-        keep_freed_memory()
-    model.to(job.device, memory_format=job.precision.memory_format)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = build_sampler(train, job.data_cfg, rng)
-    loop = Loop(model, optimiser, sampler, build_loss(model.cfg.out_channels), generator, rng,
-                math.ceil((cfg.samples_per_epoch or max(len(train), MIN_SAMPLES_PER_EPOCH)) / job.batch),
-                job.precision.scaler(job.device), ema=_averaged(model, cfg.ema))
-    state = State()
-    if resume is not None:
-        _restore(resume, loop, state, cfg.seed)
-    predictor = Predictor(loop.evaluated, job.data_cfg, job.encoding, job.device, PredictConfig(batch=job.batch),
-                          precision=job.precision)
-    try:
-        while _should_continue(state, cfg):
-            start = time.perf_counter()
-            loss = _train_epoch(loop, state, cfg, job)
-            val_dice = validate(predictor, val)
-            seconds = time.perf_counter() - start
-            state.elapsed += seconds
-            state.epoch += 1
-            _record(state, cfg, job, loop, loss, val_dice, seconds)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(state.epoch) from None
-    return state
+        torch.backends.cudnn.benchmark = benchmark
 
 
 @dataclass
@@ -133,20 +114,101 @@ class Loop:
     """The moving parts of one training run, passed around as one."""
 
     model: UNet
+    net: torch.nn.Module             # what a step runs: the model, or DDP around it, compiled or not
     optimiser: torch.optim.Optimizer
-    sampler: CropSampler | SliceSampler
+    feeder: Feeder
     loss_fn: object
-    generator: torch.Generator
-    rng: np.random.Generator
+    streams: Streams
     steps: int
     scaler: torch.amp.GradScaler     # loss scaling for fp16; a pass-through otherwise
-    bad_steps: int = 0  # consecutive non-finite steps, across epoch boundaries (short epochs on CUDA)
+    tally: StepTally
     ema: AveragedModel | None = None  # the average of the weights that is validated and saved
+    writer: Writer = field(default_factory=Writer)
+    saved_epoch: int = 0             # the epoch checkpoints/last.pt holds
 
     @property
     def evaluated(self) -> UNet:
         """The network validation scores and checkpoints hold: the weight average when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+
+def _fit(model: UNet, train, val, cfg: TrainConfig, job: Job, resume: dict | None) -> State:
+    loop = _build_loop(model, train, cfg, job)
+    state = State()
+    if resume is not None:
+        restore(resume, state, loop.optimiser, loop.scaler, loop.model, loop.ema, loop.streams, cfg.seed, job.world)
+    loop.saved_epoch = state.epoch
+    predictor = Predictor(loop.evaluated, job.data_cfg, job.encoding, job.device,
+                          PredictConfig(batch=job.rank_batch), precision=job.precision)
+    try:
+        while _should_continue(state, cfg):
+            _run_epoch(loop, state, cfg, job, predictor, val)
+        loop.writer.wait()
+        _check_agreement(loop, job.world)
+    except KeyboardInterrupt:
+        _close(loop)
+        raise TrainingInterrupted(loop.saved_epoch) from None
+    except BaseException:
+        _close(loop)
+        raise
+    return state
+
+
+def _build_loop(model: UNet, train, cfg: TrainConfig, job: Job) -> Loop:
+    seed = distributed.rank_seed(cfg.seed, job.world.rank)  # each rank its own crops, augmentation, dropout
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=job.device).manual_seed(seed)
+    if job.device.type == "cpu":
+        keep_freed_memory()
+    model.to(job.device, memory_format=job.precision.memory_format)
+    net = distributed.wrap(model, job.world, job.device)
+    sampler = build_sampler(train, job.data_cfg, rng)
+    return Loop(model, _compiled(net, cfg.compile), steps.make_optimiser(model, cfg.lr, cfg.weight_decay),
+                build_feeder(sampler, job.rank_batch, job.device), build_loss(model.cfg.out_channels),
+                Streams(rng, generator), steps_per_epoch(cfg, len(train), job.batch),
+                job.precision.scaler(job.device), StepTally(job.device), ema=_averaged(model, cfg.ema))
+
+
+def _run_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job, predictor: Predictor, val) -> None:
+    """One epoch of training; then, on the cadence and after the last epoch, validation and
+    checkpoints. The clock is rank 0's, so every rank counts the same elapsed time."""
+    start = time.perf_counter()
+    loss = _train_epoch(loop, state, cfg, job)
+    state.epoch += 1
+    trained = job.world.broadcast(time.perf_counter() - start)
+    state.elapsed += trained
+    if state.epoch % (cfg.val_every or 1) and _should_continue(state, cfg):
+        state.history.append(_row(state, loop, job, loss, float("nan"), trained))
+        return
+    job.world.broadcast_buffers(loop.evaluated)   # every rank validates rank 0's batch-norm statistics
+    val_dice = validate(predictor, val, job.world)
+    seconds = job.world.broadcast(time.perf_counter() - start)
+    state.elapsed += seconds - trained
+    _record(state, cfg, job, loop, loss, val_dice, seconds)
+
+
+def steps_per_epoch(cfg: TrainConfig, n_train: int, batch: int) -> int:
+    """Optimiser steps per epoch: `cfg.steps_per_epoch` (the plan's), else the crops of
+    `cfg.samples_per_epoch` (or the training images, at least MIN_SAMPLES_PER_EPOCH) at `batch`."""
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    return math.ceil((cfg.samples_per_epoch or max(n_train, MIN_SAMPLES_PER_EPOCH)) / batch)
+
+
+def _compiled(net: torch.nn.Module, on: bool) -> torch.nn.Module:
+    """`torch.compile(net)` for `--compile`: the training step only (validation runs the plain
+    module, whose image sizes vary)."""
+    if not on:
+        return net
+    logger.info("compiling the training step (torch.compile): the first steps take longer")
+    return torch.compile(net)
+
+
+def _close(loop: Loop) -> None:
+    """Stop the batch thread and let the checkpoint in hand reach the disk."""
+    loop.feeder.close()
+    loop.writer.wait()
 
 
 def _averaged(model: UNet, decay: float) -> AveragedModel | None:
@@ -158,64 +220,11 @@ def _averaged(model: UNet, decay: float) -> AveragedModel | None:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: `last.pt` holds the last completed epoch (`epoch`)."""
+    """Ctrl-C: `last.pt` holds the last recorded epoch (`epoch`)."""
 
     def __init__(self, epoch: int) -> None:
         super().__init__(epoch)
         self.epoch = epoch
-
-
-def _snapshot(loop: Loop, state: State, cfg: TrainConfig) -> dict:
-    """Everything resume needs beyond the weights: optimiser, RNG streams, progress, history."""
-    snap = dict(epoch=state.epoch, elapsed=state.elapsed, best_dice=state.best_dice, best_epoch=state.best_epoch,
-                lr_drops=state.lr_drops, history=state.history,
-                optimiser=loop.optimiser.state_dict(), numpy_rng=loop.rng.bit_generator.state,
-                torch_rng=torch.get_rng_state(), augment_rng=loop.generator.get_state(),
-                augment_rng_device=loop.generator.device.type, scaler=loop.scaler.state_dict())
-    if loop.ema is not None:  # the checkpoint's weights are the average; training goes on from these
-        snap["raw_weights"] = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
-        snap["ema_steps"] = int(loop.ema.n_averaged)
-    if torch.cuda.is_available():
-        snap["cuda_rng"] = torch.cuda.get_rng_state_all()
-    return snap
-
-
-def _restore(snap: dict, loop: Loop, state: State, seed: int) -> None:
-    """Continue from a `_snapshot`, also on another device than the one that wrote it.
-
-    The optimiser's moments follow the parameters to their device. A generator's state only fits a
-    generator of the same device type (a CUDA state is 16 bytes, a CPU state 5,056), so after a move
-    between CPU and CUDA the augmentation stream restarts from the seed and the epoch: the run goes
-    on, but is no longer bit-identical to an uninterrupted one.
-    """
-    if loop.ema is not None and "raw_weights" in snap:  # the model was built from the average
-        loop.model.load_state_dict(snap["raw_weights"])
-        loop.ema.n_averaged.fill_(snap["ema_steps"])
-    loop.optimiser.load_state_dict(snap["optimiser"])
-    loop.rng.bit_generator.state = snap["numpy_rng"]
-    torch.set_rng_state(snap["torch_rng"])
-    _restore_generator(loop.generator, snap, seed)
-    if snap.get("scaler"):
-        loop.scaler.load_state_dict(snap["scaler"])
-    if "cuda_rng" in snap and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(snap["cuda_rng"])
-    state.epoch, state.elapsed, state.best_dice = snap["epoch"], snap["elapsed"], snap["best_dice"]
-    state.best_epoch, state.lr_drops = snap.get("best_epoch", snap["epoch"]), snap.get("lr_drops", 0)
-    state.history = list(snap["history"])
-
-
-def _restore_generator(generator: torch.Generator, snap: dict, seed: int) -> None:
-    saved_on = snap.get("augment_rng_device", generator.device.type)
-    if saved_on == generator.device.type:
-        try:
-            generator.set_state(snap["augment_rng"])
-            return
-        except RuntimeError:  # a state from another device type, written before the device was recorded
-            saved_on = "another device"
-    generator.manual_seed(seed * 1_000_003 + int(snap["epoch"]))
-    logger.warning("the run moved from %s to %s: the augmentation random stream restarts from the seed "
-                   "(training continues, not bit-identical to an uninterrupted run)", saved_on,
-                   generator.device.type)
 
 
 def _should_continue(state: State, cfg: TrainConfig) -> bool:
@@ -250,93 +259,65 @@ def learning_rate(cfg: TrainConfig, state: State, epoch_fraction: float, seconds
 
 
 def _train_epoch(loop: Loop, state: State, cfg: TrainConfig, job: Job) -> float:
-    loop.model.train()
+    """One epoch of `loop.steps` steps; the mean loss of its good steps over all ranks (NaN when
+    none was good).
+
+    The learning rate comes from what every rank shares (epochs, rank 0's elapsed time, the mean
+    epoch time so far), never from this rank's clock: ranks must not disagree on it.
+    """
+    loop.net.train()
+    loop.tally.new_epoch()
     start = time.perf_counter()
-    losses = []
+    per_epoch = state.elapsed / state.epoch if state.epoch else 0.0
     bar = tqdm(range(loop.steps), desc=f"epoch {state.epoch + 1}", unit="batch", leave=False,
-               disable=not job.progress, dynamic_ncols=True)
+               disable=not (job.progress and job.world.main), dynamic_ncols=True)
+    loop.feeder.start(loop.steps)
     for step in bar:
+        fraction = step / loop.steps
         for group in loop.optimiser.param_groups:
-            group["lr"] = learning_rate(cfg, state, step / loop.steps, time.perf_counter() - start)
-        images, labels = loop.sampler.batch(job.batch)
-        x = torch.from_numpy(images).to(job.device, non_blocking=True)
-        y = torch.from_numpy(labels).to(job.device, non_blocking=True)
-        x, y = augment_batch(x, y, job.augment, loop.generator)
-        loss = _step(loop, x.contiguous(memory_format=job.precision.memory_format), y, job)
-        if loss is None:
-            loop.bad_steps += 1
-            logger.warning("epoch %d step %d: non-finite loss or gradient, step skipped", state.epoch + 1, step + 1)
-            if loop.bad_steps >= MAX_BAD_STEPS:
-                raise TrainingDiverged(f"{job.run_dir}: loss was NaN/Inf for {loop.bad_steps} steps in a row; "
-                                       "training stopped, checkpoints/last.pt holds the last good epoch "
-                                       "(try a lower --lr)")
-            continue
-        loop.bad_steps = 0
-        losses.append(loss)
-        rate = (step + 1) * job.batch / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.1f}")
-    return float(np.mean(losses)) if losses else float("nan")
-
-
-def _step(loop: Loop, x: torch.Tensor, y: torch.Tensor, job: Job) -> float | None:
-    """One optimiser step; None (and no update) when the loss or a gradient is not finite, so NaN
-    never reaches the weights or a checkpoint.
-
-    With fp16 loss scaling the scaler finds non-finite gradients itself: it skips the update and
-    halves its scale. An overflow now and then is how it finds its scale; a skipped step still
-    counts as bad, so that gradients that stay NaN (not an overflow) stop the run after
-    MAX_BAD_STEPS in a row, as in fp32, instead of halving the scale towards zero unnoticed.
-    """
-    loop.optimiser.zero_grad(set_to_none=True)
-    with job.precision.autocast(job.device):
-        logits = loop.model(x)
-    loss = loop.loss_fn(logits, y)
-    if not torch.isfinite(loss):
-        return None
-    if loop.scaler.is_enabled():
-        scale = loop.scaler.get_scale()
-        loop.scaler.scale(loss).backward()
-        loop.scaler.step(loop.optimiser)
-        loop.scaler.update()
-        if loop.scaler.get_scale() < scale:
-            return None
-        if loop.ema is not None:
+            group["lr"] = learning_rate(cfg, state, fraction, fraction * per_epoch)
+        x, y = loop.feeder.next()
+        x, y = augment_batch(x, y, job.augment, loop.streams.generator)
+        loss, ok = steps.train_step(loop.net, loop.model, loop.optimiser, loop.loss_fn, loop.scaler,
+                                    x.contiguous(memory_format=job.precision.memory_format), y,
+                                    job.precision.autocast(job.device))
+        if loop.ema is not None:  # a skipped step leaves the weights as they were; the average takes them again
             loop.ema.update_parameters(loop.model)
-        return float(loss.detach())
-    loss.backward()
-    if not torch.isfinite(total_norm(loop.model.parameters())):
-        return None
-    loop.optimiser.step()
-    if loop.ema is not None:
-        loop.ema.update_parameters(loop.model)
-    return float(loss.detach())
+        loop.tally.add(loss, ok)
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == loop.steps:
+            _check_divergence(loop, job)
+            rate = (step + 1) * job.batch / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loop.tally.mean_loss():.3f}", img_s=f"{rate:.1f}")
+    skipped = loop.tally.skipped()
+    if skipped:
+        logger.warning("epoch %d: %d of %d steps skipped (non-finite loss or gradient)", state.epoch + 1,
+                       skipped, loop.steps)
+    return job.world.mean(loop.tally.mean_loss())
 
 
-def total_norm(parameters) -> torch.Tensor:
-    """The 2-norm of all gradients together (what clip_grad_norm_ computes, without clipping)."""
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+def _check_divergence(loop: Loop, job: Job) -> None:
+    """Stop after MAX_BAD_STEPS non-finite steps in a row (the same on every rank: the verdict is
+    taken on gradients averaged over them)."""
+    worst = loop.tally.diverged()
+    if worst:
+        raise TrainingDiverged(f"{job.run_dir}: loss was NaN/Inf for {worst} steps in a row; "
+                               "training stopped, checkpoints/last.pt holds the last good epoch "
+                               "(try a lower --lr)")
 
 
-def validate(predictor: Predictor, val: Cache | VolumeCache) -> float:
-    """Mean per-image Dice on the validation cache, through the same Predictor as `evaluate`.
-
-    Images empty in both truth and prediction are left out, as `evaluate` does; NaN when every
-    validation image is such a case. Volumes: mean per-case 3D Dice (`validate_volumes`).
-    """
-    if isinstance(val, VolumeCache):
-        return validate_volumes(predictor, val)
-    outputs = predictor.outputs_prepared(val.images, [label.shape for label in val.labels])
-    return mean_dice(val.labels, [predictor.to_mask(o.probs) for o in outputs], predictor.encoding.n_classes)
+def _row(state: State, loop: Loop, job: Job, loss: float, val_dice: float, seconds: float) -> dict:
+    """The history.csv row of the epoch just trained (val_dice NaN between validations)."""
+    rate = loop.steps * job.batch / seconds
+    return dict(epoch=state.epoch, train_loss=round(loss, 5), val_dice=round(val_dice, 5),
+                lr=f"{loop.optimiser.param_groups[0]['lr']:.3g}", seconds=round(seconds, 2),
+                images_per_s=round(rate, 2))
 
 
 def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, val_dice: float,
             seconds: float) -> None:
-    """History row, curves, best.pt when validation Dice improves, and last.pt every epoch (last)."""
-    rate = loop.steps * job.batch / seconds
-    lr = loop.optimiser.param_groups[0]["lr"]
-    state.history.append(dict(epoch=state.epoch, train_loss=round(loss, 5), val_dice=round(val_dice, 5),
-                              lr=f"{lr:.3g}", seconds=round(seconds, 2), images_per_s=round(rate, 2)))
+    """History row, the best epoch and the patience rule's plateaus (on every rank: the same
+    numbers), then best.pt when validation Dice improves and last.pt, written by rank 0."""
+    state.history.append(_row(state, loop, job, loss, val_dice, seconds))
     # Until validation has something to score (NaN: every image empty in truth and prediction),
     # best.pt follows the latest epoch, so there always is one.
     improved = state.best_dice < 0 or val_dice > state.best_dice
@@ -344,26 +325,53 @@ def _record(state: State, cfg: TrainConfig, job: Job, loop: Loop, loss: float, v
         state.best_dice = max(state.best_dice, val_dice)
     if improved:
         state.best_epoch = state.epoch
-    elif (state.epoch - state.best_epoch) % max(cfg.patience // 2, 1) == 0:
-        state.lr_drops += 1  # a plateau: the patience rule halves the learning rate
-    weights = {k: v.detach().cpu().clone() for k, v in loop.evaluated.state_dict().items()}
-    ckpt_dir = job.run_dir / "checkpoints"
+    else:  # a plateau each half patience without improvement: the patience rule halves the learning rate
+        half, before = max(cfg.patience // 2, 1), max(state.epoch - (cfg.val_every or 1), state.best_epoch)
+        state.lr_drops += (state.epoch - state.best_epoch) // half - (before - state.best_epoch) // half
+    streams = job.world.gather(loop.streams.state())
+    loop.saved_epoch = state.epoch
+    if job.world.main:
+        _save(state, job, loop, val_dice, improved, streams)
+        budget = f"/{cfg.epochs}" if cfg.epochs else ""
+        if cfg.epochs is None and cfg.time_budget is None:
+            budget = f" (best {state.best_epoch}, patience {cfg.patience})"
+        logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs  ETA %s", state.epoch, budget, loss,
+                    val_dice, "  (best)" if improved else "", state.history[-1]["images_per_s"], state.elapsed,
+                    _eta(state, cfg))
+
+
+def _save(state: State, job: Job, loop: Loop, val_dice: float, improved: bool, streams: list[dict]) -> None:
+    """Copies on the host now; best.pt, history.csv, curves.png and last.pt (last: once it names
+    epoch N, everything of epoch N is on disk) written in the background while training goes on."""
+    weights = to_host(loop.evaluated.state_dict())
+    snap = to_host(snapshot(state, loop.optimiser, loop.scaler, loop.model, loop.ema, streams))
+    history = [dict(row) for row in state.history]
+    ckpt_dir, epoch = job.run_dir / "checkpoints", state.epoch
 
     def checkpoint(train: dict) -> Checkpoint:
         return Checkpoint(loop.model.cfg, job.data_cfg, job.encoding, weights, train=train,
                           area_stats=job.area_stats, data_summary=job.data_summary, origin=job.origin)
 
-    if improved:
-        save_checkpoint(ckpt_dir / "best.pt", checkpoint(dict(epoch=state.epoch, val_dice=val_dice)))
-    write_history(job.run_dir / "history.csv", state.history)
-    plot_history(state.history, job.run_dir / "curves.png")
-    # last.pt goes last: once it names epoch N, everything of epoch N is on disk.
-    save_checkpoint(ckpt_dir / "last.pt", checkpoint(_snapshot(loop, state, cfg)))
-    budget = f"/{cfg.epochs}" if cfg.epochs else ""
-    if cfg.epochs is None and cfg.time_budget is None:
-        budget = f" (best {state.best_epoch}, patience {cfg.patience})"
-    logger.info("epoch %d%s  loss %.4f  val Dice %.4f%s  %.1f img/s  %.0fs  ETA %s", state.epoch, budget, loss,
-                val_dice, "  (best)" if improved else "", rate, state.elapsed, _eta(state, cfg))
+    def write() -> None:
+        if improved:
+            save_checkpoint(ckpt_dir / "best.pt", checkpoint(dict(epoch=epoch, val_dice=val_dice)))
+        write_history(job.run_dir / "history.csv", history)
+        plot_history(history, job.run_dir / "curves.png")
+        save_checkpoint(ckpt_dir / "last.pt", checkpoint(snap))
+
+    loop.writer.submit(write)
+
+
+def _check_agreement(loop: Loop, world: World) -> None:
+    """At the end of a distributed run every rank must hold the same network (a digest of its
+    weights and buffers, gathered). They do by construction; a difference is a bug, said loudly."""
+    if not world.distributed:
+        return
+    digests = world.gather(distributed.digest(loop.evaluated))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the ranks ended with different weights ({', '.join(digests)}): a bug in medunet")
+    if world.main:
+        logger.info("weights identical on all %d ranks (digest %s)", world.size, digests[0])
 
 
 def _eta(state: State, cfg: TrainConfig) -> str:

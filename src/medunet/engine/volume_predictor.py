@@ -21,7 +21,6 @@ from medunet.engine import postprocess
 from medunet.engine.predictor import Predictor, Segmenter
 from medunet.errors import ConfigError
 from medunet.io.volumes import Volume
-from medunet.metrics import mean_dice
 
 CHUNK_SLICES = 32  # slices prepared and sent to the Predictor at a time (it batches within)
 
@@ -89,13 +88,6 @@ class VolumePredictor:
     @property
     def _channels(self) -> int:
         return self.predictor.network.cfg.out_channels
-
-
-def validate_volumes(predictor: Predictor, val: VolumeCache) -> float:
-    """Mean per-case 3D Dice on a validation volume cache (evaluate's `dice_mean` for volumes)."""
-    volumes = VolumePredictor(predictor)
-    preds = [volumes.predict_slices(x, grid).classes for x, grid in zip(val.volumes, val.grids)]
-    return mean_dice(val.labels, preds, predictor.encoding.n_classes)
 
 
 def case_probabilities(predictor: Predictor, cache: VolumeCache) -> list[np.ndarray]:

@@ -139,9 +139,12 @@ def _save(path: Path, image) -> None:
     from medunet.io.outputs import atomic_target
 
     # atomic_target's temporary ends in ".gz" alone, which nibabel would refuse: write the stream.
+    # The gzip header names the final file, not the random temporary, and mtime is 0: the same
+    # volume gives the same bytes (reruns and sharded predictions compare equal).
     with atomic_target(path, durable=False) as tmp:
         if path.name.lower().endswith(".gz"):
-            with gzip.GzipFile(tmp, "wb", compresslevel=1, mtime=0) as f:  # nibabel's own level
+            with open(tmp, "wb") as raw, gzip.GzipFile(path.name[:-3], "wb", compresslevel=1, fileobj=raw,
+                                                       mtime=0) as f:  # nibabel's own level
                 image.to_stream(f)
         else:
             with open(tmp, "wb") as f:

@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,13 +17,14 @@ from medunet.errors import ConfigError
 MARKERS = ("config.json", "summary.json", ".medunet")  # files that show medunet wrote a folder
 
 
-def check_free(folder: Path, overwrite: bool, what: str = "folder") -> None:
-    """Refuse an existing non-empty `folder` unless `overwrite`; even then only a medunet folder."""
+def check_free(folder: Path, overwrite: bool, what: str = "folder", ignore: Collection[str] = ()) -> None:
+    """Refuse an existing non-empty `folder` unless `overwrite`; even then only a medunet folder.
+    Entries named in `ignore` do not make it non-empty."""
     if not folder.exists():
         return
     if not folder.is_dir():
         raise ConfigError(f"{folder}: exists and is not a folder")
-    if not any(folder.iterdir()):
+    if not any(p.name not in ignore for p in folder.iterdir()):
         return
     if not overwrite:
         raise ConfigError(f"{folder}: {what} exists; pass --overwrite to replace it")
@@ -37,6 +38,11 @@ def clear(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def mark(folder: Path) -> None:
+    """The marker that lets a later --overwrite know medunet wrote `folder`."""
+    (folder / ".medunet").write_text("written by medunet\n")
+
+
 @contextlib.contextmanager
 def staged_folder(final: Path, overwrite: bool, what: str = "output folder") -> Iterator[Path]:
     """Write into a hidden sibling folder, then move it to `final` when the block succeeds.
@@ -47,7 +53,7 @@ def staged_folder(final: Path, overwrite: bool, what: str = "output folder") -> 
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
-        (stage / ".medunet").write_text("written by medunet\n")
+        mark(stage)
         yield stage
         clear(final)
         os.replace(stage, final)

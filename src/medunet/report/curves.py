@@ -17,7 +17,9 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax_loss, ax_dice = fig.subplots(1, 2)
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss (BCE/CE + Dice)", title="loss")
-    ax_dice.plot(epochs, [row["val_dice"] for row in history], marker="o", ms=3, color="tab:green")
+    validated = [row for row in history if row["val_dice"] == row["val_dice"]]  # NaN: epochs not validated
+    ax_dice.plot([row["epoch"] for row in validated], [row["val_dice"] for row in validated], marker="o", ms=3,
+                 color="tab:green")
     ax_dice.set(xlabel="epoch", ylabel="validation Dice (mean per image)", title="validation Dice",
                 ylim=(0, 1))
     for ax in (ax_loss, ax_dice):

@@ -1,0 +1,117 @@
+"""Batches for the training step, cut while the device computes the previous one.
+
+`ThreadFeeder` runs the sampler (crops cut from the RAM or disk cache) on a background thread,
+`DEPTH` batches ahead; on CUDA it hands them over in pinned memory, so the copy to the device is
+asynchronous and labels cross as bytes. `InlineFeeder` cuts each batch when it is asked for: on a
+CPU the step itself uses every core, and a second thread only competes with it.
+
+Both produce exactly the batches of the epoch asked for (`start(steps)`), in order, from the
+sampler's one random stream: after the epoch's last batch the stream stands at the epoch boundary,
+which is what a checkpoint records, so a resumed run draws the crops an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Protocol
+
+import numpy as np
+import torch
+
+DEPTH = 3                # batches made ahead by the background thread
+
+
+class Sampler(Protocol):
+    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Feeder(Protocol):
+    """Batches `(images (B, C, S, S) float32, labels (B, S, S) int64)` on the training device."""
+
+    def start(self, steps: int) -> None: ...
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+def build_feeder(sampler: Sampler, batch: int, device: torch.device) -> Feeder:
+    """A background thread in front of a GPU, batches cut in line on a CPU."""
+    return ThreadFeeder(sampler, batch, device) if device.type == "cuda" else InlineFeeder(sampler, batch, device)
+
+
+class InlineFeeder:
+    def __init__(self, sampler: Sampler, batch: int, device: torch.device) -> None:
+        self.sampler, self.batch, self.device = sampler, batch, device
+
+    def start(self, steps: int) -> None:
+        pass
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.sampler.batch(self.batch)
+        return torch.from_numpy(images).to(self.device), torch.from_numpy(labels).to(self.device)
+
+    def close(self) -> None:
+        pass
+
+
+class ThreadFeeder:
+    """Batches cut on the host by a background thread, `DEPTH` ahead of the step."""
+
+    def __init__(self, sampler: Sampler, batch: int, device: torch.device) -> None:
+        self.sampler, self.batch, self.device = sampler, batch, device
+        self.pin = device.type == "cuda"
+        self._queue: queue.Queue = queue.Queue(maxsize=DEPTH)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self, steps: int) -> None:
+        self.close()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._produce, args=(steps,), name="medunet-batches", daemon=True)
+        self._thread.start()
+
+    def _produce(self, steps: int) -> None:
+        try:
+            for _ in range(steps):
+                images, labels = self.sampler.batch(self.batch)
+                x, y = torch.from_numpy(images), torch.from_numpy(labels)
+                if self.pin:   # class indices fit a byte: an eighth of the copy; made int64 on the device
+                    x, y = x.pin_memory(), torch.from_numpy(labels.astype(np.uint8)).pin_memory()
+                if not self._put((x, y)):
+                    return
+        except BaseException as exc:  # raised in the training thread at its next batch
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        x, y = item
+        if self.device.type == "cpu":
+            return x, y
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+
+    def close(self) -> None:
+        """Stop making batches (an interrupted epoch) and wait for the thread."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._thread = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
