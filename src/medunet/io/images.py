@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
+from PIL import TiffImagePlugin  # noqa: F401  (registered up front: else the first TIFF Pillow opens loads every plugin)
 
 from medunet.errors import DataError
 from medunet.io.outputs import atomic_target
@@ -121,16 +122,10 @@ def image_size(path: Path) -> tuple[int, int, int]:
     a dataset's decoded size); channels 3 for colour (alpha not counted), else 1. A header the
     quick look cannot make sense of is answered by reading the image."""
     path = Path(path)
-    try:
-        if is_tiff(path):
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                axes = dict(zip(series.axes, series.shape))
-                h, w, c = axes["Y"], axes["X"], axes.get("S", axes.get("C", 1))
-        else:
-            with Image.open(path) as im:
-                (w, h), c = im.size, len(im.getbands())
-    except Exception:  # odd layouts (planar, ImageJ axes, ...): the full reader knows them
+    try:  # Pillow parses TIFF headers too, and more lightly than tifffile (no reference cycles)
+        with Image.open(path) as im:
+            (w, h), c = im.size, len(im.getbands())
+    except Exception:  # what Pillow cannot open (float or planar TIFF, ...): the full reader knows it
         shape = read_image(path).shape
         h, w, c = shape[0], shape[1], shape[2] if len(shape) == 3 else 1
     return int(h), int(w), 3 if c >= 3 else 1
