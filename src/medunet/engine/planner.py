@@ -48,7 +48,7 @@ MIN_SAMPLES_PER_EPOCH = 200
 MAX_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
 BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into
 MIN_STEPS_PER_EPOCH = 10
-VAL_SHARE = 0.1            # validation may cost this share of the training time
+VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
