@@ -156,6 +156,17 @@ def test_auto_chooses_disk_when_the_dataset_exceeds_the_ram_share(disc_data: Pat
     assert disk_cache.decoded_bytes(pairs) == sum(h * w * 5 for h, w in [(64, 64), (48, 80)] * 4)
 
 
+
+def test_auto_counts_a_copy_per_process_on_the_machine(disc_data: Path, monkeypatch) -> None:
+    """Under torchrun each process would hold its own RAM cache: 8 copies may not fit where 1 does."""
+    pairs = find_pairs(disc_data / "train")
+    need = disk_cache.decoded_bytes(pairs)
+    monkeypatch.setattr(disk_cache, "available_ram", lambda: 4 * need)
+    assert disk_cache.choose_cache("auto", pairs, False, disc_data) == "ram"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert disk_cache.choose_cache("auto", pairs, False, disc_data) == "disk"
+
+
 def test_disk_and_ram_training_give_the_same_weights(disc_data: Path, tmp_path: Path) -> None:
     runs = {}
     for cache in ("ram", "disk"):

@@ -280,8 +280,12 @@ def choose_cache(setting: str, pairs: Sequence[Pair], volumes: bool, where: Path
         return setting
     if volumes:
         return "ram"
-    need, have = decoded_bytes(pairs), available_ram()
+    # Under torchrun every process on this machine would hold its own RAM copy; a disk cache is
+    # one copy in the page cache for all of them.
+    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    need, have = decoded_bytes(pairs) * copies, available_ram()
     chosen = "disk" if need > RAM_SHARE * have else "ram"
-    logger.info("cache: %s, the decoded dataset takes about %.1f GB, %s %d%% of the %.1f GB of RAM available",
-                chosen, need / 1e9, "over" if chosen == "disk" else "under", round(100 * RAM_SHARE), have / 1e9)
+    logger.info("cache: %s, the decoded dataset takes about %.1f GB%s, %s %d%% of the %.1f GB of RAM available",
+                chosen, need / 1e9, f" ({copies} processes on this machine, a copy each)" if copies > 1 else "",
+                "over" if chosen == "disk" else "under", round(100 * RAM_SHARE), have / 1e9)
     return chosen

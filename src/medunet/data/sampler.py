@@ -7,6 +7,10 @@ from medunet.data.cache import Cache
 from medunet.transforms.geometry import Geometry
 
 
+# One crop: the image's index, then per axis (source slice in the whole image, destination slice in the crop).
+Crop = tuple[int, tuple[slice, slice], tuple[slice, slice]]
+
+
 class CropSampler:
     """Batches of `size`×`size` crops: images `(B, C, S, S)` float32, labels `(B, S, S)` int64.
 
@@ -32,14 +36,25 @@ class CropSampler:
         s = self.size
         images = np.zeros((batch_size, self.channels, s, s), np.float32)
         labels = np.zeros((batch_size, s, s), np.int64)
-        for b, i in enumerate(self.rng.integers(0, len(self.cache), batch_size)):
+        for b, (i, (sy, dy), (sx, dx)) in enumerate(self.windows(batch_size)):
+            images[b, :, dy, dx] = self.cache.images[i][:, sy, sx]
+            labels[b, dy, dx] = self.cache.labels[i][sy, sx]
+        return images, labels
+
+    def windows(self, batch_size: int) -> list[Crop]:
+        """Where the crops of the next batch come from, without cutting them: per crop the image
+        index and, per axis, (source slice in the whole image, destination slice in the crop).
+        `batch` cuts them on the host; a cache on the GPU (`engine.feeder.DeviceFeeder`) there."""
+        crops = []
+        for i in self.rng.integers(0, len(self.cache), batch_size):
             y0, x0, y1, x1 = self.regions[i]
-            image, label = self.cache.images[i][:, y0:y1, x0:x1], self.cache.labels[i][y0:y1, x0:x1]
             centre = self._foreground_centre(int(i)) if self.rng.random() < self.foreground_share else None
             if centre is not None:
                 centre = (centre[0] - y0, centre[1] - x0)
-            place_crop(image, label, centre, images[b], labels[b], self._window)
-        return images, labels
+            (sy, dy), (sx, dx) = (self._window(n, None if centre is None else centre[a])
+                                  for a, n in enumerate((y1 - y0, x1 - x0)))
+            crops.append((int(i), (_shifted(sy, y0), dy), (_shifted(sx, x0), dx)))
+        return crops
 
     def _foreground_centre(self, i: int) -> tuple[int, int] | None:
         fg = self.cache.foreground(i)
@@ -49,6 +64,10 @@ class CropSampler:
 
     def _window(self, length: int, centre: int | None) -> tuple[slice, slice]:
         return crop_window(self.rng, self.size, length, centre)
+
+
+def _shifted(part: slice, offset: int) -> slice:
+    return slice(part.start + offset, part.stop + offset)
 
 
 def crop_window(rng: np.random.Generator, s: int, length: int, centre: int | None) -> tuple[slice, slice]:

@@ -1,5 +1,8 @@
 """Batches for the training step, cut while the device computes the previous one.
 
+`DeviceFeeder` (CUDA, when the training cache of 2D images fits a share of the free GPU memory)
+uploads the cache once and cuts the crops on the device into two reused batch tensors: the host
+only draws where the crops come from (`CropSampler.windows`), and nothing crosses PCIe per step.
 `ThreadFeeder` runs the sampler (crops cut from the RAM or disk cache) on a background thread,
 `DEPTH` batches ahead; on CUDA it hands them over in pinned memory, so the copy to the device is
 asynchronous and labels cross as bytes. `InlineFeeder` cuts each batch when it is asked for: on a
@@ -11,6 +14,7 @@ which is what a checkpoint records, so a resumed run draws the crops an uninterr
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Protocol
@@ -18,7 +22,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 DEPTH = 3                # batches made ahead by the background thread
+GPU_CACHE_SHARE = 0.25   # the training cache goes to the GPU when it takes at most this share of its free memory
 
 
 class Sampler(Protocol):
@@ -36,8 +43,25 @@ class Feeder(Protocol):
 
 
 def build_feeder(sampler: Sampler, batch: int, device: torch.device) -> Feeder:
-    """A background thread in front of a GPU, batches cut in line on a CPU."""
-    return ThreadFeeder(sampler, batch, device) if device.type == "cuda" else InlineFeeder(sampler, batch, device)
+    """The cache on the GPU when it fits there; else a background thread in front of a GPU;
+    batches cut in line on a CPU."""
+    if device.type != "cuda":
+        return InlineFeeder(sampler, batch, device)
+    if hasattr(sampler, "windows"):
+        need = cache_bytes(sampler.cache)
+        free, _ = torch.cuda.mem_get_info(device)
+        if need <= GPU_CACHE_SHARE * free:
+            logger.info("training cache on the GPU (%.0f MB of %.0f MB free)", need / 2**20, free / 2**20)
+            return DeviceFeeder(sampler, batch, device)
+        logger.info("training cache stays on the host (%.0f MB; %.0f MB free on the GPU): batches cut in a "
+                    "background thread, copied from pinned memory", need / 2**20, free / 2**20)
+    return ThreadFeeder(sampler, batch, device)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of a 2D cache's images and labels, from their shapes (nothing is read)."""
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+               for arrays in (cache.images, cache.labels) for a in arrays)
 
 
 class InlineFeeder:
@@ -115,3 +139,32 @@ class ThreadFeeder:
         self._thread = None
         while not self._queue.empty():
             self._queue.get_nowait()
+
+
+class DeviceFeeder:
+    """The training cache on the device; crops cut there into two batch tensors that are reused."""
+
+    def __init__(self, sampler, batch: int, device: torch.device) -> None:
+        self.sampler = sampler
+        cache = sampler.cache
+        self.images = [torch.from_numpy(np.ascontiguousarray(im)).to(device) for im in cache.images]
+        self.labels = [torch.from_numpy(np.ascontiguousarray(lab)).to(device) for lab in cache.labels]
+        s, channels = sampler.size, self.images[0].shape[0]
+        self.x = torch.zeros(batch, channels, s, s, device=device)
+        self.y = torch.zeros(batch, s, s, dtype=torch.int64, device=device)
+
+    def start(self, steps: int) -> None:
+        pass
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # The step that read the previous batch was queued before these writes on the same stream,
+        # so reusing the tensors is safe without waiting for it.
+        self.x.zero_()
+        self.y.zero_()
+        for b, (i, (sy, dy), (sx, dx)) in enumerate(self.sampler.windows(self.x.shape[0])):
+            self.x[b, :, dy, dx] = self.images[i][:, sy, sx]
+            self.y[b, dy, dx] = self.labels[i][sy, sx]
+        return self.x, self.y
+
+    def close(self) -> None:
+        pass
