@@ -53,8 +53,9 @@ def end_to_end(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, 
             timed["seconds"] += time.perf_counter() - start
 
     train_api.fit = fit
+    # `compile` only when asked: checkouts from before issue 11 have no such field
     cfg = TrainConfig(preset=args.preset, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                      device=args.device, precision=args.precision, seed=0)
+                      device=args.device, precision=args.precision, seed=0, **({"compile": True} if args.compile else {}))
     data_cfg = None
     if args.size:
         from medunet.config import DataConfig
@@ -67,7 +68,7 @@ def end_to_end(data: Path, out: Path, args: argparse.Namespace) -> tuple[float, 
     return args.epochs * steps * batch / timed["seconds"], config
 
 
-def bare_step(config: dict, device: torch.device, steps: int) -> float:
+def bare_step(config: dict, device: torch.device, steps: int, compile: bool = False) -> float:
     """Images/s of forward, loss, backward and AdamW on resident tensors, as the run was set up."""
     from medunet.config import ModelConfig, from_dict
     from medunet.engine.device import keep_freed_memory
@@ -82,6 +83,7 @@ def bare_step(config: dict, device: torch.device, steps: int) -> float:
     model = UNet(model_cfg).to(device, memory_format=precision.memory_format).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = build_loss(model_cfg.out_channels)
+    net = torch.compile(model) if compile else model
     batch, side = config["batch"], config["data"]["size"]
     x = torch.randn(batch, model_cfg.in_channels, side, side, device=device)
     x = x.contiguous(memory_format=precision.memory_format)
@@ -90,7 +92,7 @@ def bare_step(config: dict, device: torch.device, steps: int) -> float:
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
         with precision.autocast(device):
-            logits = model(x)
+            logits = net(x)
         loss_fn(logits, y).backward()
         optimiser.step()
 
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed bare steps")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (both measurements)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=OUT / "throughput")
     args = parser.parse_args()
@@ -126,7 +129,7 @@ def main() -> None:
     device = resolve_device(args.device)
     data = demo_data(OUT / "demo-data-350")
     e2e, config = end_to_end(data, args.out / "run", args)
-    bare = bare_step(config, device, args.steps)
+    bare = bare_step(config, device, args.steps, args.compile)
     print(f"machine: {machine()}; medunet from {Path(medunet.__file__).parent}")
     print(f"preset {args.preset}, {config['precision']['chosen']}, batch {config['batch']}, "
           f"crop {config['data']['size']}², {args.epochs} epochs")
