@@ -123,3 +123,17 @@ def test_world_shards_are_disjoint_and_complete() -> None:
     assert distributed.from_env({}) == distributed.SINGLE
     seeds = {distributed.rank_seed(0, r) for r in range(4)}
     assert len(seeds) == 4 and distributed.rank_seed(7, 0) == 7
+
+
+def test_gpus_runs_the_same_command_under_torchrun(monkeypatch, tmp_path: Path) -> None:
+    from medunet import cli
+
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda command: seen.setdefault("command", command) and 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["train", str(tmp_path), "--gpus", "4", "--epochs", "2", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    command = seen["command"]
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert command[5:] == ["-m", "medunet", "train", str(tmp_path), "--epochs", "2", "--out", str(tmp_path / "run")]
+    assert cli.main(["train", str(tmp_path), "--gpus", "0"]) == 2
