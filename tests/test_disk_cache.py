@@ -218,3 +218,22 @@ def test_disk_cache_on_volumes_is_refused_in_one_line(tmp_path: Path) -> None:
         decode_dataset(data, DataConfig(), seed=0, cache="disk")
     assert "\n" not in str(caught.value)
     assert decode_dataset(data, DataConfig(), seed=0, cache="auto").disk is None
+
+
+def test_a_sampler_over_a_disk_cache_reads_no_file_to_find_its_regions(split, tmp_path: Path, monkeypatch) -> None:
+    """Random crops need only the images' shapes, which the cache's index holds: building the
+    sampler (or sizing the cache for the GPU) over 30,000 cached images must not read 30,000 files."""
+    from medunet.data.sampler import CropSampler
+    from medunet.engine.feeder import cache_bytes
+
+    pairs, enc = split
+    disk = open_or_build(pairs, SETTINGS, enc, tmp_path / "cache", progress=False)
+    ram = build_cache(read_split(pairs), SETTINGS, enc)
+    reads: list[Path] = []
+    real = disk_cache.Layout.read
+    monkeypatch.setattr(disk_cache.Layout, "read", lambda self, path, k: reads.append(path) or real(self, path, k))
+    sampler = CropSampler(disk, 32, np.random.default_rng(0))
+    assert cache_bytes(disk) == cache_bytes(ram)
+    assert not [p for p in reads if p.parent.name == "labels"]
+    assert sampler.regions == CropSampler(ram, 32, np.random.default_rng(0)).regions
+    assert sampler.widths == [label.shape[1] for label in ram.labels]

@@ -38,14 +38,14 @@ def test_normalisations() -> None:
 def test_crop_regions() -> None:
     label = np.zeros((100, 120), np.uint8)
     label[40:50, 60:70] = 1
-    assert region(label, "random", 32, 5) == (0, 0, 100, 120)
-    assert region(label, "center", 32, 5) == (34, 44, 66, 76)
-    assert region(label, "label_box", 32, 5) == (29, 49, 61, 81)   # box ± 5 (20×20) grown to 32×32
-    assert region(label, "label_box", 8, 5) == (35, 55, 55, 75)    # box ± 5 when it exceeds the crop
-    assert region(np.zeros((10, 10), np.uint8), "label_box", 32, 5) == (0, 0, 10, 10)
+    assert region(label.shape, "random", 32, 5) == (0, 0, 100, 120)
+    assert region(label.shape, "center", 32, 5) == (34, 44, 66, 76)
+    assert region(label.shape, "label_box", 32, 5, label) == (29, 49, 61, 81)   # box ± 5 (20×20) grown to 32×32
+    assert region(label.shape, "label_box", 8, 5, label) == (35, 55, 55, 75)    # box ± 5 when it exceeds the crop
+    assert region((10, 10), "label_box", 32, 5, np.zeros((10, 10), np.uint8)) == (0, 0, 10, 10)
     corner = np.zeros((100, 120), np.uint8)
     corner[0:4, 116:120] = 1
-    assert region(corner, "label_box", 32, 5) == (0, 88, 32, 120)   # grown inwards at the edges
+    assert region(corner.shape, "label_box", 32, 5, corner) == (0, 88, 32, 120)   # grown inwards at the edges
 
 
 def test_label_box_crops_show_real_surroundings_not_a_blank_canvas() -> None:

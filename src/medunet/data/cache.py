@@ -67,6 +67,18 @@ class Cache:
         return self._foreground[i]
 
 
+def array_shapes(arrays) -> list[tuple[int, ...]]:
+    """The shapes of a cache's `images` or `labels`, without reading a disk cache's files."""
+    shapes = getattr(arrays, "shapes", None)   # a disk cache's files (`disk_cache.NpyFiles`)
+    return list(shapes) if shapes is not None else [a.shape for a in arrays]
+
+
+def array_nbytes(arrays) -> int:
+    """Bytes of a cache's `images` or `labels` once in memory, without reading a disk cache's files."""
+    nbytes = getattr(arrays, "nbytes", None)
+    return int(nbytes) if nbytes is not None else sum(int(a.nbytes) for a in arrays)
+
+
 def read_split(pairs: list[Pair], decoded: dict[Path, Any] | None = None) -> RawSplit:
     """Read every image and label of a split once; a size mismatch names both files.
 

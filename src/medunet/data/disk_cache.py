@@ -83,6 +83,19 @@ class NpyFiles(Sequence):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Each array's shape, from the layout: no file is read (without a layout, headers only)."""
+        if self.layout is None:
+            return [self[i].shape for i in range(len(self))]
+        return [tuple(int(v) for v in self.layout.shapes[k]) for k in self.indices]
+
+    @property
+    def nbytes(self) -> int:
+        """What all the arrays take once read."""
+        dtype = self.layout.dtype if self.layout is not None else (self[0].dtype if len(self) else np.uint8)
+        return sum(int(np.prod(shape)) for shape in self.shapes) * np.dtype(dtype).itemsize
+
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]

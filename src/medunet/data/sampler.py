@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medunet.data.cache import Cache
+from medunet.data.cache import Cache, array_shapes
 from medunet.transforms.geometry import Geometry
 
 
@@ -25,11 +25,12 @@ class CropSampler:
         self.size = size
         self.rng = rng
         self.foreground_share = foreground_share
-        # Known once, so a batch reads nothing but its own crops' files from a disk cache.
-        self.regions, self.widths = [], []
-        for label in cache.labels:
-            self.regions.append(region(label, mode, size, margin))
-            self.widths.append(label.shape[1])
+        # Known once, so a batch reads nothing but its own crops' files from a disk cache; the
+        # labels themselves are read only where the label box needs them.
+        shapes = array_shapes(cache.labels)
+        self.regions = [region(shape, mode, size, margin, cache.labels[i] if mode == "label_box" else None)
+                        for i, shape in enumerate(shapes)]
+        self.widths = [shape[1] for shape in shapes]
         self.channels = cache.images[0].shape[0] if len(cache) else 1
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,19 +95,21 @@ def place_crop(image: np.ndarray, label: np.ndarray, centre: tuple[int, int] | N
     out_label[dy, dx] = label[sy, sx]
 
 
-def region(label: np.ndarray, mode: str, size: int, margin: int) -> tuple[int, int, int, int]:
+def region(shape: tuple[int, ...], mode: str, size: int, margin: int,
+           label: np.ndarray | None = None) -> tuple[int, int, int, int]:
     """The part `(y0, x0, y1, x1)` of an image that training crops come from.
 
     random: the whole image; center: the centred `size`×`size` box (the tutorial's hand-made
     crops); label_box: the label's bounding box plus `margin` (the whole image when it is empty),
     grown to at least `size` along each axis with the image's own surrounding pixels, so a crop
-    shows real background around a small object instead of a blank canvas.
+    shows real background around a small object instead of a blank canvas. `shape` is the
+    label's `(H, W)`; `label` itself is needed for label_box only.
     """
-    h, w = label.shape
+    h, w = shape
     if mode == "center":  # the same box the Predictor sends through the network for such a run
         y0, x0, ch, cw = Geometry.centre_crop(h, w, size).box
         return y0, x0, y0 + ch, x0 + cw
-    if mode == "label_box" and label.any():
+    if mode == "label_box" and label is not None and label.any():
         rows, cols = np.flatnonzero(label.any(axis=1)), np.flatnonzero(label.any(axis=0))
         y0, y1 = _at_least(rows[0] - margin, rows[-1] + 1 + margin, size, h)
         x0, x1 = _at_least(cols[0] - margin, cols[-1] + 1 + margin, size, w)

@@ -22,6 +22,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from medunet.data.cache import array_nbytes
+
 logger = logging.getLogger(__name__)
 
 DEPTH = 3                # batches made ahead by the background thread
@@ -59,9 +61,8 @@ def build_feeder(sampler: Sampler, batch: int, device: torch.device) -> Feeder:
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of a 2D cache's images and labels, from their shapes (nothing is read)."""
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-               for arrays in (cache.images, cache.labels) for a in arrays)
+    """Bytes of a 2D cache's images and labels (a disk cache's files are not read)."""
+    return array_nbytes(cache.images) + array_nbytes(cache.labels)
 
 
 class InlineFeeder:
