@@ -1,7 +1,7 @@
 """Test Dice after a fixed CPU time budget with the default settings (the plan), for each inference variant.
 
 Usage: .venv/bin/python benchmarks/quality.py isbi|drive|cvc|busi|hippocampus [--time 10m] [--seed 0] [--folds K]
-                                              [--augment default] [--extra ARGS...]
+                                              [--augment auto] [--extra ARGS...]
   isbi : ISBI 2012 membranes as foreground, images 0–23 train / 24–29 test, mean Dice over the 6
   drive: DRIVE official split; vessel F1 inside the field of view, pooled over the 20 test images
   cvc  : CVC-ClinicDB subset split by sequence (frames ≥ 504 test), mean Dice
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--time", default="10m")
     parser.add_argument("--seed", default="0")
     parser.add_argument("--folds", type=int)
-    parser.add_argument("--augment", default="default")
+    parser.add_argument("--augment", default="auto")
     parser.add_argument("--tag", default="", help="run folder suffix")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from medunet.data.cache import RawSplit
 from medunet.data.encoding import LabelEncoding
 from medunet.data.fingerprint import fingerprint
 from medunet.engine.planner import make_plan
+from medunet.errors import ConfigError
 from medunet.io.images import LabelFile
 from medunet.transforms.geometry import Geometry, default_geometry
 from medunet.transforms.resize import shrink_labels
@@ -85,6 +86,22 @@ def test_given_settings_are_kept_and_marked_as_the_users() -> None:
     assert sources["input scale"] == sources["crop"] == sources["batch"] == sources["model"] == "user"
     assert sources["foreground crops"] == "plan"
     assert plan.seconds_per_epoch and plan.seconds_per_epoch > 0
+
+
+def test_augmentation_follows_how_often_the_run_sees_each_pixel() -> None:
+    # 4 images of 512² cut into 256² crops: 2 epochs of 10 steps of 8 see each pixel 160/4/4 = 10 times
+    fixed = TrainConfig(preset="tiny", device="cpu", batch=8, steps_per_epoch=10)
+    many = plan_for(lines(512, 512, 7), train=replace(fixed, epochs=2))
+    few = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2))   # 100× the images: 0.1 times
+    assert many.train.augment == "default" and few.train.augment == "flips"
+    assert "~10 times" in {c.name: c.reason for c in many.choices}["augmentation"]
+    patient = plan_for(lines(512, 512, 7, n=400))   # no epochs, no budget: trained until it stops improving
+    assert patient.train.augment == "default"
+    given = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2, augment="seed"))
+    assert given.train.augment == "seed"
+    assert {c.name: c.source for c in given.choices}["augmentation"] == "user"
+    with pytest.raises(ConfigError, match="--augment must be auto or one of"):
+        TrainConfig(augment="strong")
 
 
 def test_geometry_with_a_scale_goes_down_and_back_to_the_original_grid() -> None:

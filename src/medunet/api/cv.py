@@ -56,7 +56,6 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     check_run_folder(out, overwrite)
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    augment = augment or augment_preset(cfg.augment)
     decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True, cache=cfg.cache, cache_dir=cfg.cache_dir)
     pairs = decoded.splits["train"]
     if decoded.fingerprint.volumes is not None:  # out-of-fold volumes, fold averages per slice: not built yet
@@ -67,6 +66,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     plan = make_plan(fp, replace(data_cfg, channels=fp.channels), cfg, device, 1 if n == 2 else n)
     for line in plan.lines():
         logger.info("plan: %s", line)
+    augment = augment or augment_preset(plan.train.augment)
     train_cache, val_cache = (build_caches(decoded.train, plan.data, decoded.encoding) if decoded.disk is None else
                               disk_caches(pairs, plan.data, decoded.encoding, decoded.disk, progress))
     clear(out)

@@ -205,8 +205,8 @@ def _train_new(data: Path, out: Path | None, data_cfg: DataConfig | None, cfg: T
     check_run_folder(out, overwrite)
     world.barrier()   # every rank has seen the folder as it was, before rank 0 clears it
     device = distributed.device_for(world, resolve_device(cfg.device))
-    augment = augment or augment_preset(cfg.augment)
     dataset = load_dataset(data, data_cfg, cfg, device, start.model_config if start else None, world)
+    augment = augment or augment_preset(dataset.plan.train.augment)
     return train_prepared(dataset, out, cfg, augment, device, progress, start, init, world=world)
 
 

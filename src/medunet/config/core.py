@@ -9,6 +9,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
+from medunet.config.augment import AUGMENT_PRESETS
 from medunet.errors import ConfigError
 
 T = TypeVar("T")
@@ -177,7 +178,7 @@ class TrainConfig:
     compile: bool = False                # torch.compile the network of the training step
     device: str = "auto"                 # auto | cpu | cuda
     seed: int = 0
-    augment: str = "default"             # an augmentation preset name
+    augment: str = "auto"                # an augmentation preset name (auto: the plan's, flips or default)
     deterministic: bool = False          # bit-reproducible; "auto" precision then means fp32
     # Without epochs or a time budget: stop when validation Dice has not improved for `patience`
     # epochs, or after `max_epochs`.
@@ -193,6 +194,8 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _check(self.augment == "auto" or self.augment in AUGMENT_PRESETS,
+               f"--augment must be auto or one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}")
         _check(self.cache in ("auto", "ram", "disk"), f"--cache must be auto, ram or disk, got {self.cache!r}")
         _check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         _check(self.time_budget is None or self.time_budget > 0,

@@ -16,6 +16,10 @@ few and stated in pixels, so a user can predict what they do on their own data:
   never loses more than one short epoch at its end);
 - validation: after every epoch, or every N epochs when it would cost more than VAL_SHARE of
   the training time and over MIN_VAL_SECONDS (and always after the last);
+- augmentation: flips alone when the run looks at each pixel fewer than FEW_PASSES times (a large
+  dataset or a short budget: the data are the variety, and heavier transforms only slow the
+  learning), else the `default` preset (rotations, zoom, elastic, intensity), which pays over
+  many passes;
 - length: with a time budget, the epochs that fit, from a timed training step on this device;
   without one, until validation has not improved for `patience` epochs.
 """
@@ -50,6 +54,7 @@ BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into
 MIN_STEPS_PER_EPOCH = 10
 VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
+FEW_PASSES = 10            # looks at each pixel under which the plan augments with flips alone
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
 
@@ -132,6 +137,8 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
     n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images
     train = replace(train, steps_per_epoch=_steps(train, n_units, rate, choose, fp.volumes is not None))
     train = replace(train, val_every=choose("validation", train.val_every, *_val_every(fp, data, train, rate)))
+    train = replace(train, augment=choose("augmentation", train.augment,
+                                          *_augmentation(grid, data, train, rate, n_units)))
     seconds = _seconds_per_epoch(fp, data, train, rate)
     choices.append(_length(train, seconds))
     return Plan(fp, data, train, preset, batch, device.type, tuple(choices), seconds)
@@ -228,6 +235,24 @@ def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: floa
         return 1, f"after every epoch (~{val_s:.1f} s against ~{train_s:.0f} s of training)"
     return every, (f"every {every} epochs and after the last: ~{val_s:.1f} s each, at most {VAL_SHARE:.0%} of "
                    f"the ~{train_s:.0f} s of training in between")
+
+
+def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None,
+                  n_units: int) -> tuple[str, str]:
+    """`flips` when the run sees each pixel fewer than FEW_PASSES times, else `default`."""
+    if train.epochs is not None:
+        crops = train.epochs * train.steps_per_epoch * (train.batch or 8)
+    elif train.time_budget is not None and rate:
+        crops = train.time_budget * rate
+    else:
+        return "default", "flips, 90° turns, rotation, zoom, elastic and intensity changes: training runs until it stops improving"
+    image = fp.height[1] * fp.width[1] / data.input_scale ** 2
+    passes = crops * min(data.crop_size ** 2, image) / (n_units * image)
+    units = "slices" if fp.volumes is not None else "images"
+    seen = f"~{crops:,.0f} crops of the {n_units} {units} look at each pixel ~{passes:.0f} times"
+    if passes < FEW_PASSES:
+        return "flips", f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier transforms slow the learning"
+    return "default", f"flips, 90° turns, rotation, zoom, elastic and intensity changes: {seen} (≥ {FEW_PASSES})"
 
 
 def _validation_seconds(fp: Fingerprint, data: DataConfig, rate: float) -> float:

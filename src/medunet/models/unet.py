@@ -94,7 +94,9 @@ class UNet(nn.Module):
         m = self.cfg.multiple
         # Padded even by zero rows: a branch on the size would be frozen into an exported graph at
         # the size it was traced with (ONNX, TorchScript), and odd sizes would then fail there.
-        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+        # With zeros (the mean of a normalised input): an image smaller than its training crop
+        # sits on a zero canvas in training (data.sampler), so prediction sees the border it learnt.
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m))
         skips = []
         for level, block in enumerate(self.down):
             if level:
