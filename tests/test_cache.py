@@ -29,8 +29,10 @@ def test_decoded_files_are_let_go_once_cached(tmp_path: Path) -> None:
     """Training kept the decoded split (here uint16: half the float32 cache again) alive beside
     the cache for the whole run."""
     data = tmp_path / "data"
-    write_uint16_split(data / "train", 24, 128, seed=0)
-    write_uint16_split(data / "validation", 4, 128, seed=1)
+    # 256² so that what loading holds besides the images (the fingerprint's and the plan's own
+    # arrays, ~0.7 MB) stays well under half the decoded split; at 128² it sat at the margin
+    write_uint16_split(data / "train", 24, 256, seed=0)
+    write_uint16_split(data / "validation", 4, 256, seed=1)
     tracemalloc.start()
     try:
         dataset = load_dataset(data, DataConfig(size=64, scale=1), TrainConfig(epochs=1), torch.device("cpu"))
@@ -39,7 +41,7 @@ def test_decoded_files_are_let_go_once_cached(tmp_path: Path) -> None:
         tracemalloc.stop()
     caches = (dataset.train, dataset.val)
     cached = sum(a.nbytes for c in caches for a in c.images + c.labels)
-    decoded = 28 * 128 * 128 * (2 + 1)   # uint16 image + uint8 label per pair
+    decoded = 28 * 256 * 256 * (2 + 1)   # uint16 image + uint8 label per pair
     assert cached <= held < cached + decoded / 2, (held, cached, decoded)
     # while the cache is built, each decoded file goes as its cached form comes: never both whole
     assert peak < cached + decoded / 2, (peak, cached, decoded)
