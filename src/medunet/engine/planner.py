@@ -240,19 +240,21 @@ def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: floa
 def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None,
                   n_units: int) -> tuple[str, str]:
     """`flips` when the run sees each pixel fewer than FEW_PASSES times, else `default`."""
+    heavy = "flips, 90° turns, rotation, zoom, elastic and intensity changes"
     if train.epochs is not None:
         crops = train.epochs * train.steps_per_epoch * (train.batch or 8)
     elif train.time_budget is not None and rate:
         crops = train.time_budget * rate
     else:
-        return "default", "flips, 90° turns, rotation, zoom, elastic and intensity changes: training runs until it stops improving"
+        return "default", f"{heavy}: training runs until it stops improving"
     image = fp.height[1] * fp.width[1] / data.input_scale ** 2
     passes = crops * min(data.crop_size ** 2, image) / (n_units * image)
     units = "slices" if fp.volumes is not None else "images"
     seen = f"~{crops:,.0f} crops of the {n_units} {units} look at each pixel ~{passes:.0f} times"
     if passes < FEW_PASSES:
-        return "flips", f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier transforms slow the learning"
-    return "default", f"flips, 90° turns, rotation, zoom, elastic and intensity changes: {seen} (≥ {FEW_PASSES})"
+        return "flips", (f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier "
+                         "transforms slow the learning")
+    return "default", f"{heavy}: {seen} (≥ {FEW_PASSES})"
 
 
 def _validation_seconds(fp: Fingerprint, data: DataConfig, rate: float) -> float:
