@@ -37,9 +37,7 @@ class CropSampler:
         s = self.size
         images = np.zeros((batch_size, self.channels, s, s), np.float32)
         labels = np.zeros((batch_size, s, s), np.int64)
-        for b, (i, (sy, dy), (sx, dx)) in enumerate(self.windows(batch_size)):
-            images[b, :, dy, dx] = self.cache.images[i][:, sy, sx]
-            labels[b, dy, dx] = self.cache.labels[i][sy, sx]
+        cut_crops(self.windows(batch_size), self.cache.images, self.cache.labels, images, labels)
         return images, labels
 
     def windows(self, batch_size: int) -> list[Crop]:
@@ -65,6 +63,14 @@ class CropSampler:
 
     def _window(self, length: int, centre: int | None) -> tuple[slice, slice]:
         return crop_window(self.rng, self.size, length, centre)
+
+
+def cut_crops(crops: list[Crop], images, labels, out_images, out_labels) -> None:
+    """Copy each crop's window of `images[i]` `(C, H, W)` and `labels[i]` into row b of
+    `out_images` `(B, C, S, S)` and `out_labels` `(B, S, S)`: NumPy arrays or torch tensors alike."""
+    for b, (i, (sy, dy), (sx, dx)) in enumerate(crops):
+        out_images[b, :, dy, dx] = images[i][:, sy, sx]
+        out_labels[b, dy, dx] = labels[i][sy, sx]
 
 
 def _shifted(part: slice, offset: int) -> slice:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from medunet.data.cache import array_nbytes
+from medunet.data.sampler import cut_crops
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ class DeviceFeeder:
         # so reusing the tensors is safe without waiting for it.
         self.x.zero_()
         self.y.zero_()
-        for b, (i, (sy, dy), (sx, dx)) in enumerate(self.sampler.windows(self.x.shape[0])):
-            self.x[b, :, dy, dx] = self.images[i][:, sy, sx]
-            self.y[b, dy, dx] = self.labels[i][sy, sx]
+        cut_crops(self.sampler.windows(self.x.shape[0]), self.images, self.labels, self.x, self.y)
         return self.x, self.y
 
     def close(self) -> None:

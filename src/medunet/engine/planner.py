@@ -247,7 +247,7 @@ def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: f
         crops = train.time_budget * rate
     else:
         return "default", f"{heavy}: training runs until it stops improving"
-    image = fp.height[1] * fp.width[1] / data.input_scale ** 2
+    image = _scaled_pixels(fp, data)
     passes = crops * min(data.crop_size ** 2, image) / (n_units * image)
     units = "slices" if fp.volumes is not None else "images"
     seen = f"~{crops:,.0f} crops of the {n_units} {units} look at each pixel ~{passes:.0f} times"
@@ -260,8 +260,12 @@ def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: f
 def _validation_seconds(fp: Fingerprint, data: DataConfig, rate: float) -> float:
     """Inference costs about a third of a training step per pixel."""
     n_val = fp.volumes.n_validation_slices if fp.volumes is not None else fp.n_validation
-    val_pixels = n_val * fp.height[1] * fp.width[1] / data.input_scale ** 2
-    return val_pixels / (3 * rate * data.crop_size ** 2)
+    return n_val * _scaled_pixels(fp, data) / (3 * rate * data.crop_size ** 2)
+
+
+def _scaled_pixels(fp: Fingerprint, data: DataConfig) -> float:
+    """Pixels of a median image (slice) at the network's input scale."""
+    return fp.height[1] * fp.width[1] / data.input_scale ** 2
 
 
 def _training_rate(data: DataConfig, train: TrainConfig, device: torch.device,
