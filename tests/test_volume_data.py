@@ -169,25 +169,3 @@ def test_slice_axis_and_window_given_on_the_command_line_are_kept(tmp_path: Path
     for volume, grid in zip(dataset.train.volumes, dataset.train.grids):
         assert grid.axis == 0 and volume.shape == (8, 16, 6)
         assert 0.0 <= float(volume.min()) and float(volume.max()) <= 1.0  # (clip(x, -200, 300) + 200) / 500
-
-
-def test_cross_validation_of_volumes_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
-    data = volume_dataset(tmp_path / "data", {"train": 3})
-    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--folds", "2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--folds is for 2D datasets" in err[0]
-    assert not (tmp_path / "run").exists()
-
-
-def test_fold_and_ensemble_averages_are_refused_for_volumes() -> None:
-    from types import SimpleNamespace
-
-    from medunet.config import PredictConfig
-    from medunet.engine.ensemble import Ensemble
-    from medunet.engine.postprocess import PostprocessConfig
-    from medunet.engine.volume_predictor import VolumePredictor
-    from medunet.errors import ConfigError
-
-    folds = Ensemble([SimpleNamespace(encoding=None, area_stats={})], PostprocessConfig(), PredictConfig())
-    with pytest.raises(ConfigError, match="volumes are predicted with one run or checkpoint"):
-        VolumePredictor(folds)

@@ -6,6 +6,10 @@ A cross-validated run folder holds `config.json` (kind "cross-validation", the p
 `oof/` (every case's out-of-fold probabilities, float16 `.npy`, and `metrics.csv`) and `cv.json`
 (per-fold metrics, their mean ± sd, the tuned post-processing). `predict`/`evaluate` on it average
 the folds (`medunet.engine.ensemble`).
+
+Volumes cross-validate the same way, by case: a volume's out-of-fold probabilities are `(K, Z, Y, X)`
+in its file's array order, scored and tuned in 3D (Dice, IoU, precision, recall per case; the
+surface distances are `evaluate`'s).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import csv
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig
 from medunet.data.cache import Cache, build_caches
 from medunet.data.disk_cache import DiskCache, disk_caches
 from medunet.data.pairs import Pair, split_folds, write_split
+from medunet.data.volume_cache import VolumeCache, from_slices
 from medunet.engine import postprocess
 from medunet.engine.checkpoint import load_checkpoint, save_checkpoint
 from medunet.engine.device import resolve_device
@@ -32,7 +38,7 @@ from medunet.engine.ensemble import CV_FILE
 from medunet.engine.planner import make_plan
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
-from medunet.errors import ConfigError
+from medunet.engine.volume_predictor import each_case_probability
 from medunet.io.outputs import clear, write_json
 from medunet.metrics import SCORES, class_counts, defined_mean, image_metrics, summarise
 
@@ -58,8 +64,6 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     device = resolve_device(cfg.device)
     decoded = decode_dataset(Path(data), data_cfg, cfg.seed, pooled=True, cache=cfg.cache, cache_dir=cfg.cache_dir)
     pairs = decoded.splits["train"]
-    if decoded.fingerprint.volumes is not None:  # out-of-fold volumes, fold averages per slice: not built yet
-        raise ConfigError(f"{data}: --folds is for 2D datasets for now; train volumes without --folds")
     fold_of = split_folds(pairs, folds, cfg.seed, data_cfg.group_by)
     n = decoded.encoding.n_classes
     fp = dataclasses.replace(decoded.fingerprint, n_validation=len(pairs) // folds)
@@ -95,7 +99,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     return out
 
 
-def _out_of_fold(run: Path, val: Cache | DiskCache, device: torch.device) -> dict[str, Path]:
+def _out_of_fold(run: Path, val: Cache | DiskCache | VolumeCache, device: torch.device) -> dict[str, Path]:
     """Probabilities of the fold's best.pt on its validation cases, float16 at full size, written to
     `oof/` beside the folds (in the precision the fold trained in), one chunk of cases at a time;
     {stem: file}."""
@@ -108,26 +112,44 @@ def _out_of_fold(run: Path, val: Cache | DiskCache, device: torch.device) -> dic
     folder = run.parent.parent / "oof"
     folder.mkdir(exist_ok=True)
     files = {}
-    for stem, probs in zip(val.stems, each_probability(predictor, val)):
+    for stem, probs in zip(val.stems, _probabilities(predictor, val)):
         files[stem] = folder / f"{stem}.npy"
         np.save(files[stem], probs.astype(np.float16))
     return files
 
 
-def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCache, fold_of: list[int],
+def _probabilities(predictor: Predictor, val: Cache | DiskCache | VolumeCache) -> Iterator[np.ndarray]:
+    """Each validation case's probabilities at full size, one at a time: `(K, H, W)`, or for a
+    volume `(K, Z, Y, X)` in its file's array order (as `_truths` gives the labels)."""
+    if isinstance(val, VolumeCache):
+        for probs, grid in zip(each_case_probability(predictor, val), val.grids):
+            yield from_slices(probs, grid.axis)
+    else:
+        yield from each_probability(predictor, val)
+
+
+def _truths(cache: Cache | DiskCache | VolumeCache) -> Sequence[np.ndarray]:
+    """The class-index labels at full size, a volume's in its file's array order."""
+    if isinstance(cache, VolumeCache):
+        return [from_slices(label, grid.axis) for label, grid in zip(cache.labels, cache.grids)]
+    return cache.labels
+
+
+def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCache | VolumeCache, fold_of: list[int],
                         n_classes: int, folds: int) -> dict:
     """Tune the post-processing on all out-of-fold probabilities (read from their files as needed,
     never all at once), store it in every fold's best.pt, and summarise the folds with it:
     per-fold means, their mean and sd, and all cases pooled."""
     probs = postprocess.Mapped([oof[stem] for stem in cache.stems], lambda f: np.load(f, mmap_mode="r"))
-    result = postprocess.tune(probs, cache.labels, n_classes)
+    truths = _truths(cache)
+    result = postprocess.tune(probs, truths, n_classes)
     for k in range(folds):
         path = out / "folds" / str(k) / "checkpoints" / "best.pt"
         ckpt = load_checkpoint(path)
         ckpt.postprocess = result.config.to_dict()
         save_checkpoint(path, ckpt)
     rows, counts = [], []
-    for stem, p, truth, k in zip(cache.stems, probs, cache.labels, fold_of):
+    for stem, p, truth, k in zip(cache.stems, probs, truths, fold_of):
         mask = postprocess.apply(p, result.config)
         rows.append({"stem": stem, "fold": k, **image_metrics(truth, mask, n_classes)})
         counts.append(class_counts(truth, mask, n_classes))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from medunet.data.pairs import Pair
 from medunet.data.volume_cache import read_volume_split
-from medunet.engine.predictor import Predictor
+from medunet.engine.predictor import Segmenter
 from medunet.engine.volume_predictor import VolumePredictor
 from medunet.io.volumes import output_name, write_label_volume
 from medunet.metrics import class_counts, image_metrics
@@ -23,7 +23,7 @@ VOLUME_SUMMARY = {
 }
 
 
-def score_volumes(predictor: Predictor, pairs: list[Pair], masks: Path) -> tuple[list[dict], list]:
+def score_volumes(predictor: Segmenter, pairs: list[Pair], masks: Path) -> tuple[list[dict], list]:
     """Per-case metric rows and class counts of volume pairs (one case in memory at a time);
     each predicted label volume written to `masks` like its source."""
     n_classes = predictor.encoding.n_classes

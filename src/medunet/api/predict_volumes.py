@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from medunet.data.encoding import LabelEncoding
 from medunet.data.volume_cache import slice_axis
-from medunet.engine.predictor import Predictor
+from medunet.engine.predictor import Segmenter
 from medunet.engine.volume_predictor import VolumePredictor
 from medunet.errors import ConfigError
 from medunet.io.dicom_out import write_dicom_seg, write_rtstruct
@@ -48,7 +48,7 @@ def class_names(encoding: LabelEncoding, names: Sequence[str] | None = None) -> 
     return dict(zip(values, names))
 
 
-def predict_volumes(predictor: Predictor, entries: list[Path], stage: Path, *, probabilities: bool = False,
+def predict_volumes(predictor: Segmenter, entries: list[Path], stage: Path, *, probabilities: bool = False,
                     overlay: bool = False, dicom_seg: bool = False, rtstruct: bool = False,
                     series_uid: str | None = None, names: Sequence[str] | None = None,
                     progress: bool = True, on_case: Callable[[str, np.ndarray], None] | None = None) -> list[str]:
@@ -68,10 +68,10 @@ def predict_volumes(predictor: Predictor, entries: list[Path], stage: Path, *, p
         not_dicom = [p for p in entries if asked and not p.is_dir()]
         if not_dicom:
             raise ConfigError(f"{not_dicom[0]}: {option} needs a DICOM series (a folder) as input, not a volume file")
-    named = class_names(predictor.encoding, names or predictor.data_cfg.class_names)
-    sources = [read_volume_source(p, uid[p]) for p in entries]  # headers first: the bar counts slices
-    total = sum(s.geometry.shape[slice_axis(s.geometry, predictor.data_cfg)] for s in sources)
     volumes = VolumePredictor(predictor)
+    named = class_names(predictor.encoding, names or volumes.data_cfg.class_names)
+    sources = [read_volume_source(p, uid[p]) for p in entries]  # headers first: the bar counts slices
+    total = sum(s.geometry.shape[slice_axis(s.geometry, volumes.data_cfg)] for s in sources)
     written = []
     with tqdm(total=total, desc="predict", unit="slice", disable=not progress, leave=False) as bar:
         for path in entries:
@@ -88,7 +88,7 @@ def predict_volumes(predictor: Predictor, entries: list[Path], stage: Path, *, p
             if rtstruct:
                 write_rtstruct(stage / f"{stem}_rtstruct.dcm", labels, volume, named)
             if overlay:
-                axis = slice_axis(volume.geometry, predictor.data_cfg)
+                axis = slice_axis(volume.geometry, volumes.data_cfg)
                 write_image(stage / f"{stem}_overlay.png", outlined_slices(volume.array, result.classes, axis))
             written.append(output_name(path))
             if on_case is not None:

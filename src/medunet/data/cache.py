@@ -163,7 +163,12 @@ def each_file(raw: RawSplit, consume: bool) -> Iterator[int]:
 def build_caches(raw: RawSplit, data_cfg: DataConfig, encoding: LabelEncoding) -> tuple[Cache, Cache]:
     """A training and a validation cache of the same files (cross-validation: every file is in
     both, on different folds), consuming `raw`. Where the two roles hold the same arrays (input
-    scale 1, no centred crop) they share them, so the second costs no memory."""
+    scale 1, no centred crop) they share them, so the second costs no memory. Volumes: the
+    `VolumeCache` pair of `volume_cache.build_volume_caches`."""
+    if raw.images and isinstance(raw.images[0], Volume):
+        from medunet.data.volume_cache import build_volume_caches  # noqa: PLC0415
+
+        return build_volume_caches(raw, data_cfg, encoding)  # type: ignore[return-value]
     if roles_share(data_cfg):
         cache = build_cache(raw, data_cfg, encoding, consume=True)
         return cache, Cache(list(cache.stems), list(cache.images), list(cache.labels))

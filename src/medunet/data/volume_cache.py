@@ -192,6 +192,16 @@ class VolumeCache:
     def n_slices(self) -> int:
         return int(sum(len(v) for v in self.volumes))
 
+    def append(self, volume: np.ndarray, labels: np.ndarray, grid: CaseGrid) -> None:
+        self.volumes.append(volume)
+        self.labels.append(labels)
+        self.grids.append(grid)
+
+    def subset(self, indices: Sequence[int]) -> "VolumeCache":
+        """The cache of the cases at `indices` (the arrays are shared, not copied)."""
+        return VolumeCache([self.stems[i] for i in indices], [self.volumes[i] for i in indices],
+                           [self.labels[i] for i in indices], [self.grids[i] for i in indices])
+
     def foreground(self, i: int) -> np.ndarray:
         """Flat indices of case i's foreground voxels in `labels[i]` (int32 where they fit)."""
         if i not in self._foreground:
@@ -204,15 +214,37 @@ def build_volume_cache(raw: RawSplit, cfg: DataConfig, encoding: LabelEncoding, 
                        training: bool = True) -> VolumeCache:
     """The cache of a volume split (see `build_cache`, which comes here for volumes); with
     `consume`, each decoded volume is let go as soon as its cached form exists."""
-    cache = VolumeCache(stems=[p.stem for p in raw.pairs], volumes=[], labels=[], grids=[])
+    cache = VolumeCache([p.stem for p in raw.pairs], [], [], [])
     for i in each_file(raw, consume):
-        volume: Volume = raw.images[i]  # type: ignore[assignment]
-        inputs, grid = prepare_case(volume.array, volume.geometry, cfg)
-        labels = to_slices(encoding.encode(raw.labels[i].values, raw.labels[i].path), grid.axis)
-        shape = grid.geometry.network_shape
-        if training and tuple(labels.shape[1:]) != tuple(shape):
-            labels = np.stack([shrink_labels(s, shape) for s in labels])
-        cache.volumes.append(inputs)
-        cache.labels.append(np.ascontiguousarray(labels, dtype=np.uint8))
-        cache.grids.append(grid)
+        inputs, grid, labels = _cached_case(raw.images[i], raw.labels[i], cfg, encoding)
+        cache.append(inputs, _on_network_grid(labels, grid) if training else labels, grid)
     return cache
+
+
+def build_volume_caches(raw: RawSplit, cfg: DataConfig, encoding: LabelEncoding) -> tuple[VolumeCache, VolumeCache]:
+    """A training and a validation cache of the same cases (cross-validation: every case is in
+    both, on different folds), consuming `raw`. They share each case's network input, and its
+    labels too where the network's grid is the original one."""
+    stems = [p.stem for p in raw.pairs]
+    train, val = VolumeCache(list(stems), [], [], []), VolumeCache(list(stems), [], [], [])
+    for i in each_file(raw, consume=True):
+        inputs, grid, labels = _cached_case(raw.images[i], raw.labels[i], cfg, encoding)
+        train.append(inputs, _on_network_grid(labels, grid), grid)
+        val.append(inputs, labels, grid)
+    return train, val
+
+
+def _cached_case(volume: Volume, label: LabelFile, cfg: DataConfig,
+                 encoding: LabelEncoding) -> tuple[np.ndarray, CaseGrid, np.ndarray]:
+    """One case as the caches hold it: network input `(S, h, w)`, its grid, labels `(S, H, W)` uint8."""
+    inputs, grid = prepare_case(volume.array, volume.geometry, cfg)
+    labels = to_slices(encoding.encode(label.values, label.path), grid.axis)
+    return inputs, grid, np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def _on_network_grid(labels: np.ndarray, grid: CaseGrid) -> np.ndarray:
+    """Labels `(S, H, W)` on the network's in-plane grid (what training crops are cut from)."""
+    shape = grid.geometry.network_shape
+    if tuple(labels.shape[1:]) == tuple(shape):
+        return labels
+    return np.stack([shrink_labels(s, shape) for s in labels])

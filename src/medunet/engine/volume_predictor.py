@@ -6,6 +6,12 @@ its 2.5D context, go through `Predictor.predict_normalised` in chunks (batched t
 same TTA and tiling as 2D images); each slice's probabilities are resized back to its original
 grid, turned into class ids, and stacked. Post-processing then runs in 3D on the whole volume.
 
+A fold average or an ensemble (`medunet.engine.ensemble.Ensemble`) predicts the same way: each
+model prepares the volume as its own run does (one preparation serves the models that share a data
+configuration, e.g. the folds of a cross-validated run), and each chunk's probabilities are the
+mean over the ensemble's members on the original grid, nested as the ensemble is (an ensemble of a
+5-fold run and a single run weighs the two runs equally). Its post-processing is the ensemble's.
+
 Memory stays bounded for a CT-sized volume: only one chunk of slices' float32 probabilities exists
 at a time; the volume keeps uint8 class ids, and float16 probabilities only when they are asked for.
 """
@@ -35,13 +41,14 @@ class VolumeOutput:
 
 
 class VolumePredictor:
-    """Wraps a Predictor (its model, preprocessing, encoding, TTA and tuned post-processing)."""
+    """Wraps a Predictor (its model, preprocessing, encoding, TTA and tuned post-processing) or an
+    Ensemble of them (the mean of its members' probabilities, its own post-processing)."""
 
-    def __init__(self, predictor: Segmenter, chunk: int = CHUNK_SLICES) -> None:
-        if not isinstance(predictor, Predictor):  # fold averages and ensembles of volumes: not built yet
-            raise ConfigError("volumes are predicted with one run or checkpoint; cross-validated runs and "
-                              "ensembles predict 2D images only for now")
-        self.predictor = predictor
+    def __init__(self, segmenter: Segmenter, chunk: int = CHUNK_SLICES) -> None:
+        self.segmenter = segmenter
+        self.models = _models(segmenter)
+        self.post = segmenter.post
+        self.data_cfg = self.models[0].data_cfg  # the slice axis rule every member shares (checked per case)
         self.chunk = chunk
 
     def predict(self, volume: Volume, *, probabilities: bool = False, postprocess_3d: bool = True,
@@ -50,48 +57,78 @@ class VolumePredictor:
 
         `progress`: a tqdm bar advanced by the slices done.
         """
-        inputs, grid = prepare_case(volume.array, volume.geometry, self.predictor.data_cfg)
-        out = self.predict_slices(inputs, grid, probabilities=probabilities, postprocess_3d=postprocess_3d,
-                                  progress=progress)
-        return VolumeOutput(from_slices(out.classes, grid.axis),
-                            None if out.probs is None else from_slices(out.probs, grid.axis))
+        prepared: dict[str, tuple[np.ndarray, CaseGrid]] = {}
+        for model in self.models:
+            key = repr(model.data_cfg)
+            if key not in prepared:
+                prepared[key] = prepare_case(volume.array, volume.geometry, model.data_cfg)
+        grids = [grid for _, grid in prepared.values()]
+        if len({(g.axis, g.n_slices) for g in grids}) > 1:
+            raise ConfigError("the ensemble's members slice this volume along different axes; give members "
+                              "trained with the same --slice-axis")
+        out = self._slices(prepared, grids[0], probabilities, postprocess_3d, progress)
+        axis = grids[0].axis
+        return VolumeOutput(from_slices(out.classes, axis), None if out.probs is None else from_slices(out.probs, axis))
 
     def predict_slices(self, inputs: np.ndarray, grid: CaseGrid, *, probabilities: bool = False,
                        postprocess_3d: bool = True, progress=None) -> VolumeOutput:
-        """Network input `(S, h, w)` of a case (as the volume cache holds it) → classes `(S, H, W)`
-        (and float16 probabilities `(K, S, H, W)`), slice axis first, on the original slice grid."""
-        g = grid.geometry
-        n = len(inputs)
+        """Network input `(S, h, w)` of a case (as the volume cache holds it, prepared by the one
+        model's data configuration) → classes `(S, H, W)` (and float16 probabilities `(K, S, H, W)`),
+        slice axis first, on the original slice grid."""
+        if len({repr(m.data_cfg) for m in self.models}) > 1:
+            raise ConfigError("a cached case is prepared for one data configuration; this ensemble's members differ")
+        return self._slices({repr(self.data_cfg): (inputs, grid)}, grid, probabilities, postprocess_3d, progress)
+
+    def _slices(self, prepared: dict[str, tuple[np.ndarray, CaseGrid]], grid: CaseGrid, probabilities: bool,
+                postprocess_3d: bool, progress) -> VolumeOutput:
+        g, n = grid.geometry, grid.n_slices
         classes = np.empty((n, g.height, g.width), np.uint8)
         probs = np.empty((self._channels, n, g.height, g.width), np.float16) if probabilities else None
-        threshold = self.predictor.post.threshold
-        for start, p in self.slice_probabilities(inputs, grid):
-            stop = start + len(p)
-            by_class = p.transpose(1, 0, 2, 3)  # (K, B, H, W): the layout to_classes reads
-            classes[start:stop] = postprocess.to_classes(by_class, threshold)
+        for start in range(0, n, self.chunk):
+            ks = np.arange(start, min(n, start + self.chunk))
+            by_class = _mean_probabilities(self.segmenter, prepared, ks).transpose(1, 0, 2, 3)  # (K, B, H, W)
+            classes[ks[0]:ks[-1] + 1] = postprocess.to_classes(by_class, self.post.threshold)
             if probs is not None:
-                probs[:, start:stop] = by_class
+                probs[:, ks[0]:ks[-1] + 1] = by_class
             if progress is not None:
-                progress.update(len(p))
+                progress.update(len(ks))
         if postprocess_3d:
-            classes = postprocess.clean(classes, self.predictor.post)
+            classes = postprocess.clean(classes, self.post)
         return VolumeOutput(classes, probs)
-
-    def slice_probabilities(self, inputs: np.ndarray, grid: CaseGrid) -> Iterator[tuple[int, np.ndarray]]:
-        """(first slice, probabilities `(B, K, H, W)` float32 on the original slice grid) per chunk."""
-        k = self.predictor.data_cfg.context or 0
-        for start in range(0, len(inputs), self.chunk):
-            ks = np.arange(start, min(len(inputs), start + self.chunk))
-            outputs = self.predictor.predict_normalised(list(context_stack(inputs, ks, k)))
-            yield start, np.stack([grid.geometry.invert(o.probs) for o in outputs])
 
     @property
     def _channels(self) -> int:
-        return self.predictor.network.cfg.out_channels
+        return self.models[0].network.cfg.out_channels
+
+
+def _models(segmenter: Segmenter) -> list[Predictor]:
+    """The single models under a Predictor or a (nested) Ensemble."""
+    if isinstance(segmenter, Predictor):
+        return [segmenter]
+    members = getattr(segmenter, "members", None)
+    if not members:
+        raise ConfigError(f"cannot predict volumes with {type(segmenter).__name__}: not a run, fold average or ensemble")
+    return [model for member in members for model in _models(member)]
+
+
+def _mean_probabilities(node: Segmenter, prepared: dict[str, tuple[np.ndarray, CaseGrid]],
+                        ks: np.ndarray) -> np.ndarray:
+    """Probabilities `(B, K, H, W)` float32 of slices `ks` on the original slice grid: the model's
+    own, or the mean of the members' (nested as the ensemble is)."""
+    if isinstance(node, Predictor):
+        inputs, grid = prepared[repr(node.data_cfg)]
+        outputs = node.predict_normalised(list(context_stack(inputs, ks, node.data_cfg.context or 0)))
+        return np.stack([grid.geometry.invert(o.probs) for o in outputs])
+    return np.mean([_mean_probabilities(m, prepared, ks) for m in node.members], axis=0)  # type: ignore[attr-defined]
 
 
 def case_probabilities(predictor: Predictor, cache: VolumeCache) -> list[np.ndarray]:
     """Float16 probabilities `(K, S, H, W)` of every case of a validation cache, for tuning."""
+    return list(each_case_probability(predictor, cache))
+
+
+def each_case_probability(predictor: Predictor, cache: VolumeCache) -> Iterator[np.ndarray]:
+    """The float16 probabilities `(K, S, H, W)` of a validation cache's cases, one case at a time."""
     volumes = VolumePredictor(predictor)
-    return [volumes.predict_slices(x, grid, probabilities=True, postprocess_3d=False).probs  # type: ignore[misc]
-            for x, grid in zip(cache.volumes, cache.grids)]
+    for x, grid in zip(cache.volumes, cache.grids):
+        yield volumes.predict_slices(x, grid, probabilities=True, postprocess_3d=False).probs  # type: ignore[misc]
