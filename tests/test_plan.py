@@ -95,6 +95,10 @@ def test_augmentation_follows_how_often_the_run_sees_each_pixel() -> None:
     few = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2))   # 100× the images: 0.1 times
     assert many.train.augment == "default" and few.train.augment == "flips"
     assert "~10 times" in {c.name: c.reason for c in many.choices}["augmentation"]
+    # 4 of 8 fingerprinted images are the validation split's: the same crops see the 4 that train 10 times
+    pooled = fingerprint(raw_split(lines(512, 512, 7, n=8)), BINARY, n_validation=4)
+    held_out = make_plan(pooled, DataConfig(), replace(fixed, epochs=2), CPU, 1)
+    assert held_out.train.augment == "default" and "of the 4 images" in {c.name: c.reason for c in held_out.choices}["augmentation"]
     patient = plan_for(lines(512, 512, 7, n=400))   # no epochs, no budget: trained until it stops improving
     assert patient.train.augment == "default"
     given = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2, augment="seed"))

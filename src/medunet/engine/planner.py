@@ -48,7 +48,7 @@ CROP = 256                 # the crop side when images are larger
 WHOLE_IMAGE_AREA = 1.25 * CROP * CROP  # images up to this many pixels (scaled) train whole
 RARE_SHARE = 0.05          # foreground below this share of the pixels is oversampled
 FOREGROUND_SHARE = 1 / 3   # the oversampling share (nnU-Net's)
-MIN_SAMPLES_PER_EPOCH = 200
+MIN_SAMPLES_PER_EPOCH = 200    # crops an epoch holds at least (the trainer's too, without a plan)
 MAX_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
 BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into
 MIN_STEPS_PER_EPOCH = 10
@@ -134,7 +134,8 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
     model = model or model_preset(train.preset, in_channels=data.input_channels, out_channels=out_channels,
                                   deep_supervision=train.deep_supervision)
     rate = _training_rate(data, train, device, model)
-    n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images
+    # the fingerprint counts train and validation together; epochs and passes count what trains
+    n_units = volume_plan.training_slices(fp) if fp.volumes is not None else fp.n_images - fp.n_validation
     train = replace(train, steps_per_epoch=_steps(train, n_units, rate, choose, fp.volumes is not None))
     train = replace(train, val_every=choose("validation", train.val_every, *_val_every(fp, data, train, rate)))
     train = replace(train, augment=choose("augmentation", train.augment,

@@ -35,6 +35,7 @@ from medunet.engine.checkpoint import Checkpoint, save_checkpoint
 from medunet.engine.device import keep_freed_memory
 from medunet.engine.distributed import World
 from medunet.engine.feeder import Feeder, build_feeder
+from medunet.engine.planner import MIN_SAMPLES_PER_EPOCH
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
 from medunet.engine.step import StepTally
@@ -49,7 +50,6 @@ from medunet.transforms.augment import augment_batch
 
 logger = logging.getLogger(__name__)
 
-MIN_SAMPLES_PER_EPOCH = 200   # epoch length of a TrainConfig that gives neither steps nor samples per epoch
 LOG_EVERY = 25                # steps between reads of the loss from the device (progress bar, divergence)
 
 __all__ = ["Job", "State", "TrainingDiverged", "TrainingInterrupted", "fit", "learning_rate", "validate"]
