@@ -76,6 +76,19 @@ def test_cross_validation_writes_folds_out_of_fold_predictions_and_a_summary(cv_
     assert len(rows) == 10 and rows[0].startswith("stem,fold,dice")
 
 
+def test_each_fold_is_planned_for_its_share_of_the_budget(tmp_path: Path) -> None:
+    """With --time T and K folds the plan's epochs are cut for T / K, the time a fold trains, not for T."""
+    data = tmp_path / "data"
+    write_split(data / "train", 6, [(64, 64)], seed=1)
+    run = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--samples-per-epoch", "8")]
+    assert main(["-q", "train", str(data), "--out", str(run), "--time", "8s", "--folds", "2", *tiny]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["requested"]["train"]["time_budget"] == 8.0 and config["train"]["time_budget"] == 4.0
+    length = next(c for c in config["plan"]["choices"] if c["name"] == "length")
+    assert "in 4 s" in length["reason"]
+
+
 class Constant(Segmenter):
     """A stand-in member that predicts one probability everywhere."""
 

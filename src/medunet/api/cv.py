@@ -67,9 +67,15 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     fold_of = split_folds(pairs, folds, cfg.seed, data_cfg.group_by)
     n = decoded.encoding.n_classes
     fp = dataclasses.replace(decoded.fingerprint, n_validation=len(pairs) // folds)
-    plan = make_plan(fp, replace(data_cfg, channels=fp.channels), cfg, device, 1 if n == 2 else n)
+    # Each fold is planned for its share of the budget: epochs cut to fit the whole budget would
+    # leave a fold two or three long epochs, the last one cut off, its learning rate not decayed.
+    share = None if cfg.time_budget is None else cfg.time_budget / folds
+    plan = make_plan(fp, replace(data_cfg, channels=fp.channels), replace(cfg, time_budget=share), device,
+                     1 if n == 2 else n)
     for line in plan.lines():
         logger.info("plan: %s", line)
+    if share is not None:
+        logger.info("plan: for each of the %d folds, %.0f s of the %.0f s budget", folds, share, cfg.time_budget)
     augment = augment or augment_preset(plan.train.augment)
     train_cache, val_cache = (build_caches(decoded.train, plan.data, decoded.encoding) if decoded.disk is None else
                               disk_caches(pairs, plan.data, decoded.encoding, decoded.disk, progress))
