@@ -98,7 +98,8 @@ def test_augmentation_follows_how_often_the_run_sees_each_pixel() -> None:
     # 4 of 8 fingerprinted images are the validation split's: the same crops see the 4 that train 10 times
     pooled = fingerprint(raw_split(lines(512, 512, 7, n=8)), BINARY, n_validation=4)
     held_out = make_plan(pooled, DataConfig(), replace(fixed, epochs=2), CPU, 1)
-    assert held_out.train.augment == "default" and "of the 4 images" in {c.name: c.reason for c in held_out.choices}["augmentation"]
+    assert held_out.train.augment == "default"
+    assert "of the 4 images" in {c.name: c.reason for c in held_out.choices}["augmentation"]
     patient = plan_for(lines(512, 512, 7, n=400))   # no epochs, no budget: trained until it stops improving
     assert patient.train.augment == "default"
     given = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2, augment="seed"))
@@ -106,6 +107,19 @@ def test_augmentation_follows_how_often_the_run_sees_each_pixel() -> None:
     assert {c.name: c.source for c in given.choices}["augmentation"] == "user"
     with pytest.raises(ConfigError, match="--augment must be auto or one of"):
         TrainConfig(augment="strong")
+
+
+def test_a_short_budget_gets_fewer_epochs_not_epochs_too_short_to_train(monkeypatch) -> None:
+    """20 epochs of a 2-minute budget would train 6 s each; an epoch trains MIN_EPOCH_SECONDS at least."""
+    from medunet.engine import planner
+
+    monkeypatch.setattr(planner, "_training_rate", lambda *args: 40.0)     # img/s, as if timed
+    many = lines(512, 512, 7, n=4000)                                   # the images once: 250 steps (the cap)
+    short = plan_for(many, train=TrainConfig(preset="tiny", device="cpu", time_budget=120))
+    assert short.train.steps_per_epoch == int(planner.MIN_EPOCH_SECONDS * 40 / 8) == 100   # 20 s, not 6 s
+    assert "epochs of 20 s" in {c.name: c.reason for c in short.choices}["epoch"]
+    long = plan_for(many, train=TrainConfig(preset="tiny", device="cpu", time_budget=800))
+    assert long.train.steps_per_epoch == 200                             # 20 epochs of 40 s fit 800 s
 
 
 def test_geometry_with_a_scale_goes_down_and_back_to_the_original_grid() -> None:

@@ -51,6 +51,8 @@ def test_volumes_cross_validate_by_case_with_out_of_fold_volumes(volume_cv) -> N
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["fold"] for r in rows} == {"0", "1", "2"}
     assert cv["mean"]["dice_mean"] == pytest.approx(np.mean([f["dice_mean"] for f in cv["per_fold"]]))
+    volumes = json.loads((run / "config.json").read_text())["plan"]["fingerprint"]["volumes"]
+    assert volumes["n_validation_slices"] == volumes["n_slices"] // 3   # the plan times a fold's validation
 
 
 def test_a_fold_average_predicts_the_mean_of_its_folds_on_each_volume(volume_cv) -> None:

@@ -29,6 +29,7 @@ from medunet.api.tune import each_probability
 from medunet.config import AugmentConfig, DataConfig, PredictConfig, TrainConfig, augment_preset, replace, to_dict
 from medunet.data.cache import Cache, build_caches
 from medunet.data.disk_cache import DiskCache, disk_caches
+from medunet.data.fingerprint import Fingerprint
 from medunet.data.pairs import Pair, split_folds, write_split
 from medunet.data.volume_cache import VolumeCache, from_slices
 from medunet.engine import postprocess
@@ -66,7 +67,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     pairs = decoded.splits["train"]
     fold_of = split_folds(pairs, folds, cfg.seed, data_cfg.group_by)
     n = decoded.encoding.n_classes
-    fp = dataclasses.replace(decoded.fingerprint, n_validation=len(pairs) // folds)
+    fp = _fold_fingerprint(decoded.fingerprint, len(pairs), folds)
     # Each fold is planned for its share of the budget: epochs cut to fit the whole budget would
     # leave a fold two or three long epochs, the last one cut off, its learning rate not decayed.
     share = None if cfg.time_budget is None else cfg.time_budget / folds
@@ -103,6 +104,15 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
                 summary["mean"]["dice_mean"], summary["sd"]["dice_mean"], folds,
                 postprocess.PostprocessConfig.from_dict(summary["postprocess"]).describe(), summary["seconds"], out)
     return out
+
+
+def _fold_fingerprint(fp: Fingerprint, n_cases: int, folds: int) -> Fingerprint:
+    """The fingerprint as one fold sees it: a fold's share of the cases (and of the slices) validates."""
+    fp = dataclasses.replace(fp, n_validation=n_cases // folds)
+    if fp.volumes is None:
+        return fp
+    slices = fp.volumes.n_slices // folds
+    return dataclasses.replace(fp, volumes=dataclasses.replace(fp.volumes, n_validation_slices=slices))
 
 
 def _out_of_fold(run: Path, val: Cache | DiskCache | VolumeCache, device: torch.device) -> dict[str, Path]:

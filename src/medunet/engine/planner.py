@@ -13,7 +13,9 @@ few and stated in pixels, so a user can predict what they do on their own data:
 - epoch: the training images (slices) once, at least MIN_SAMPLES_PER_EPOCH crops, at most
   MAX_STEPS_PER_EPOCH steps (beyond that the dataset's size no longer sets the epoch), and with a
   time budget short enough that BUDGET_EPOCHS of them fit it at the timed speed (the budget then
-  never loses more than one short epoch at its end);
+  never loses more than one short epoch at its end), but not under MIN_EPOCH_SECONDS of training
+  (a short budget, e.g. a cross-validation fold's share, gets fewer epochs rather than epochs
+  mostly spent validating);
 - validation: after every epoch, or every N epochs when it would cost more than VAL_SHARE of
   the training time and over MIN_VAL_SECONDS (and always after the last);
 - augmentation: flips alone when the run looks at each pixel fewer than FEW_PASSES times (a large
@@ -50,7 +52,9 @@ RARE_SHARE = 0.05          # foreground below this share of the pixels is oversa
 FOREGROUND_SHARE = 1 / 3   # the oversampling share (nnU-Net's)
 MIN_SAMPLES_PER_EPOCH = 200    # crops an epoch holds at least (the trainer's too, without a plan)
 MAX_STEPS_PER_EPOCH = 250  # nnU-Net's epoch
-BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into
+BUDGET_EPOCHS = 20         # epochs at least that a time budget is cut into ...
+MIN_EPOCH_SECONDS = 20.0   # ... unless they would train for less than this: then fewer (validation,
+                           # checkpoints and the curves cost seconds per epoch, whatever its length)
 MIN_STEPS_PER_EPOCH = 10
 VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
@@ -128,7 +132,8 @@ def make_plan(fp: Fingerprint, data: DataConfig, train: TrainConfig, device: tor
     else:
         preset = choose("model", train.preset, *_preset(device))
     batch = choose("batch", train.batch, 32 if device.type == "cuda" else 8,
-                   "what the device trains fastest per image at this size")
+                   "a fixed default for the device, not timed: on the CPU, larger batches of smaller crops "
+                   "scored within the seed spread (BENCHMARKS.md)")
     data = replace(data, scale=scale, size=size, normalise=normalise, foreground_share=share)
     train = replace(train, preset=preset, batch=batch)
     model = model or model_preset(train.preset, in_channels=data.input_channels, out_channels=out_channels,
@@ -219,10 +224,14 @@ def _steps(train: TrainConfig, n_units: int, rate: float | None, choose, volumes
     why = (f"{steps} steps of {batch}: the {n_units} training {units} once (at least {MIN_SAMPLES_PER_EPOCH} "
            f"crops, at most {MAX_STEPS_PER_EPOCH} steps)")
     if train.time_budget is not None and rate:
-        fit = max(MIN_STEPS_PER_EPOCH, int(train.time_budget / BUDGET_EPOCHS * rate / batch))
+        seconds = max(train.time_budget / BUDGET_EPOCHS, MIN_EPOCH_SECONDS)
+        fit = max(MIN_STEPS_PER_EPOCH, int(seconds * rate / batch))
         if fit < steps:
-            steps, why = fit, (f"{fit} steps of {batch}: {BUDGET_EPOCHS} epochs fit the {train.time_budget:.0f} s "
-                               f"budget at the timed {rate:.1f} img/s")
+            epochs = (f"{BUDGET_EPOCHS} epochs fit" if seconds * BUDGET_EPOCHS <= train.time_budget else
+                      f"epochs of {MIN_EPOCH_SECONDS:.0f} s (not {BUDGET_EPOCHS}: shorter ones lose the budget "
+                      "to validation and checkpoints) fill")
+            steps, why = fit, (f"{fit} steps of {batch}: {epochs} the {train.time_budget:.0f} s budget at the "
+                               f"timed {rate:.1f} img/s")
     return choose("epoch", train.steps_per_epoch, steps, why + "; validation after each")
 
 

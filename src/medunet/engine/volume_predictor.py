@@ -107,7 +107,8 @@ def _models(segmenter: Segmenter) -> list[Predictor]:
         return [segmenter]
     members = getattr(segmenter, "members", None)
     if not members:
-        raise ConfigError(f"cannot predict volumes with {type(segmenter).__name__}: not a run, fold average or ensemble")
+        raise ConfigError(f"cannot predict volumes with {type(segmenter).__name__}: not a run, fold average "
+                          "or ensemble")
     return [model for member in members for model in _models(member)]
 
 
