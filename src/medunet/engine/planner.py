@@ -232,7 +232,7 @@ def _steps(train: TrainConfig, n_units: int, rate: float | None, choose, volumes
                       "to validation and checkpoints) fill")
             steps, why = fit, (f"{fit} steps of {batch}: {epochs} the {train.time_budget:.0f} s budget at the "
                                f"timed {rate:.1f} img/s")
-    return choose("epoch", train.steps_per_epoch, steps, why + "; validation after each")
+    return choose("epoch", train.steps_per_epoch, steps, why)   # when validation runs is its own line
 
 
 def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None) -> tuple[int, str]:
