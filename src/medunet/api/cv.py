@@ -151,8 +151,8 @@ def _truths(cache: Cache | DiskCache | VolumeCache) -> Sequence[np.ndarray]:
     return cache.labels
 
 
-def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCache | VolumeCache, fold_of: list[int],
-                        n_classes: int, folds: int) -> dict:
+def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCache | VolumeCache,
+                        fold_of: list[int], n_classes: int, folds: int) -> dict:
     """Tune the post-processing on all out-of-fold probabilities (read from their files as needed,
     never all at once), store it in every fold's best.pt, and summarise the folds with it:
     per-fold means, their mean and sd, and all cases pooled."""

@@ -49,6 +49,9 @@ class VolumePredictor:
         self.models = _models(segmenter)
         self.post = segmenter.post
         self.data_cfg = self.models[0].data_cfg  # the slice axis rule every member shares (checked per case)
+        # One preparation of a volume per data configuration (the folds of a run share one); keyed
+        # by repr, which a configuration read back from a checkpoint always has, hashable or not.
+        self.configs = {repr(m.data_cfg): m.data_cfg for m in self.models}
         self.chunk = chunk
 
     def predict(self, volume: Volume, *, probabilities: bool = False, postprocess_3d: bool = True,
@@ -57,27 +60,25 @@ class VolumePredictor:
 
         `progress`: a tqdm bar advanced by the slices done.
         """
-        prepared: dict[str, tuple[np.ndarray, CaseGrid]] = {}
-        for model in self.models:
-            key = repr(model.data_cfg)
-            if key not in prepared:
-                prepared[key] = prepare_case(volume.array, volume.geometry, model.data_cfg)
+        prepared = {key: prepare_case(volume.array, volume.geometry, cfg) for key, cfg in self.configs.items()}
         grids = [grid for _, grid in prepared.values()]
         if len({(g.axis, g.n_slices) for g in grids}) > 1:
             raise ConfigError("the ensemble's members slice this volume along different axes; give members "
                               "trained with the same --slice-axis")
         out = self._slices(prepared, grids[0], probabilities, postprocess_3d, progress)
         axis = grids[0].axis
-        return VolumeOutput(from_slices(out.classes, axis), None if out.probs is None else from_slices(out.probs, axis))
+        return VolumeOutput(from_slices(out.classes, axis),
+                            None if out.probs is None else from_slices(out.probs, axis))
 
     def predict_slices(self, inputs: np.ndarray, grid: CaseGrid, *, probabilities: bool = False,
                        postprocess_3d: bool = True, progress=None) -> VolumeOutput:
         """Network input `(S, h, w)` of a case (as the volume cache holds it, prepared by the one
         model's data configuration) → classes `(S, H, W)` (and float16 probabilities `(K, S, H, W)`),
         slice axis first, on the original slice grid."""
-        if len({repr(m.data_cfg) for m in self.models}) > 1:
+        if len(self.configs) > 1:
             raise ConfigError("a cached case is prepared for one data configuration; this ensemble's members differ")
-        return self._slices({repr(self.data_cfg): (inputs, grid)}, grid, probabilities, postprocess_3d, progress)
+        (key,) = self.configs
+        return self._slices({key: (inputs, grid)}, grid, probabilities, postprocess_3d, progress)
 
     def _slices(self, prepared: dict[str, tuple[np.ndarray, CaseGrid]], grid: CaseGrid, probabilities: bool,
                 postprocess_3d: bool, progress) -> VolumeOutput:
@@ -85,13 +86,13 @@ class VolumePredictor:
         classes = np.empty((n, g.height, g.width), np.uint8)
         probs = np.empty((self._channels, n, g.height, g.width), np.float16) if probabilities else None
         for start in range(0, n, self.chunk):
-            ks = np.arange(start, min(n, start + self.chunk))
-            by_class = _mean_probabilities(self.segmenter, prepared, ks).transpose(1, 0, 2, 3)  # (K, B, H, W)
-            classes[ks[0]:ks[-1] + 1] = postprocess.to_classes(by_class, self.post.threshold)
+            stop = min(n, start + self.chunk)
+            by_class = _mean_probabilities(self.segmenter, prepared, np.arange(start, stop)).transpose(1, 0, 2, 3)
+            classes[start:stop] = postprocess.to_classes(by_class, self.post.threshold)  # by_class: (K, B, H, W)
             if probs is not None:
-                probs[:, ks[0]:ks[-1] + 1] = by_class
+                probs[:, start:stop] = by_class
             if progress is not None:
-                progress.update(len(ks))
+                progress.update(stop - start)
         if postprocess_3d:
             classes = postprocess.clean(classes, self.post)
         return VolumeOutput(classes, probs)
