@@ -132,6 +132,18 @@ def test_a_cross_validated_run_predicts_with_its_folds(cv_runs, tmp_path: Path) 
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_images"] == 3
 
 
+def test_folds_refuse_one_fold_and_a_name_in_two_splits(tmp_path: Path, capsys) -> None:
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_split(data / "train", 4, [(32, 32)], seed=1)
+    write_split(data / "validation", 2, [(32, 32)], seed=2)   # 000 and 001 again: pooled, they would clash
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--folds", "3", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "image/000.png: the same name as" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["train", str(data), "--out", str(out), "--epochs", "1", "--folds", "1", *TINY]) == 2
+    assert "--folds 1: cross-validation needs at least 2 folds" in capsys.readouterr().err
+
+
 def test_unknown_folds_and_folds_on_a_plain_run_are_refused(cv_runs, tiny_run: Path, tmp_path: Path, capsys) -> None:
     data, run, _ = cv_runs
     assert main(["predict", str(run), str(data / "test" / "image"), "--out", str(tmp_path / "x"), "--folds", "7"]) == 2

@@ -12,11 +12,12 @@ import pytest
 from medunet.cli import main
 from medunet.config import PredictConfig
 from medunet.engine.ensemble import Ensemble, load_segmenter
-from medunet.engine.postprocess import PostprocessConfig
+from medunet.engine.postprocess import PostprocessConfig, apply
 from medunet.engine.predictor import Predictor
 from medunet.engine.volume_predictor import VolumePredictor
 from medunet.errors import ConfigError
 from medunet.io.volumes import read_label_volume, read_volume
+from medunet.surface import surface_metrics
 from volume_data import volume_dataset
 
 SHORT = ["--epochs", "3", "--samples-per-epoch", "48", "--preset", "tiny", "--device", "cpu"]
@@ -50,6 +51,15 @@ def test_volumes_cross_validate_by_case_with_out_of_fold_volumes(volume_cv) -> N
     with (run / "oof" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {r["fold"] for r in rows} == {"0", "1", "2"}
+    # surface distances in mm from each case's own voxel spacing (3.0 × 0.9 × 0.7: anisotropic)
+    post = PostprocessConfig.from_dict(cv["postprocess"])
+    first = rows[0]
+    truth_file = next(data.glob(f"*/label/{first['stem']}.nii.gz"))
+    truth = read_label_volume(truth_file)
+    mask = apply(np.load(run / "oof" / f"{first['stem']}.npy").astype(np.float32), post)
+    expected = surface_metrics(truth.array, mask, 3, truth.geometry.spacing)
+    assert first["distance_unit"] == "mm" and float(first["hd95"]) == pytest.approx(expected["hd95"], rel=1e-6)
+    assert cv["out_of_fold"]["distance_unit"] == "mm" and np.isfinite(cv["mean"]["hd95_mean"])
     assert cv["mean"]["dice_mean"] == pytest.approx(np.mean([f["dice_mean"] for f in cv["per_fold"]]))
     volumes = json.loads((run / "config.json").read_text())["plan"]["fingerprint"]["volumes"]
     assert volumes["n_validation_slices"] == volumes["n_slices"] // 3   # the plan times a fold's validation

@@ -8,8 +8,9 @@ A cross-validated run folder holds `config.json` (kind "cross-validation", the p
 the folds (`medunet.engine.ensemble`).
 
 Volumes cross-validate the same way, by case: a volume's out-of-fold probabilities are `(K, Z, Y, X)`
-in its file's array order, scored and tuned in 3D (Dice, IoU, precision, recall per case; the
-surface distances are `evaluate`'s).
+in its file's array order, scored and tuned in 3D: Dice, IoU, precision, recall and HD95/ASSD in mm
+(from each case's voxel spacing) per case; 2D out-of-fold rows have no surface distances (`evaluate`
+gives them, with the pixel size).
 """
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ from medunet.engine.planner import make_plan
 from medunet.engine.precision import Precision
 from medunet.engine.predictor import Predictor
 from medunet.engine.volume_predictor import each_case_probability
+from medunet.errors import ConfigError
 from medunet.io.outputs import clear, write_json
 from medunet.metrics import SCORES, class_counts, defined_mean, image_metrics, summarise
+from medunet.surface import summarise_surface, surface_metrics
 
 logger = logging.getLogger(__name__)
 
 KEYS = tuple(f"{name}_mean" for name in SCORES) + ("dice_global",)   # summarised per fold
+SURFACE_KEYS = ("hd95_mean", "assd_mean")                            # and for volumes, in mm
 
 
 def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | None = None,
@@ -58,7 +62,7 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     """
     cfg, data_cfg = cfg or TrainConfig(), data_cfg or DataConfig()
     if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
     out = Path(out)
     check_run_folder(out, overwrite)
     start = time.perf_counter()
@@ -164,23 +168,32 @@ def _tune_and_summarise(out: Path, oof: dict[str, Path], cache: Cache | DiskCach
         ckpt = load_checkpoint(path)
         ckpt.postprocess = result.config.to_dict()
         save_checkpoint(path, ckpt)
+    volumes = isinstance(cache, VolumeCache)   # 3D cases have a voxel spacing: distances in mm too
+    keys = KEYS + SURFACE_KEYS if volumes else KEYS
     rows, counts = [], []
-    for stem, p, truth, k in zip(cache.stems, probs, truths, fold_of):
+    for i, (stem, p, truth, k) in enumerate(zip(cache.stems, probs, truths, fold_of)):
         mask = postprocess.apply(p, result.config)
         rows.append({"stem": stem, "fold": k, **image_metrics(truth, mask, n_classes)})
+        if volumes:
+            rows[-1].update(surface_metrics(truth, mask, n_classes, cache.grids[i].spacing))
         counts.append(class_counts(truth, mask, n_classes))
     _write_rows(out / "oof" / "metrics.csv", rows)
     per_fold = []
     for k in range(folds):
         mine = [i for i, f in enumerate(fold_of) if f == k]
-        entry = summarise([rows[i] for i in mine], [counts[i] for i in mine], n_classes)
+        entry = _summary([rows[i] for i in mine], [counts[i] for i in mine], n_classes, volumes)
         per_fold.append({"fold": k, "n_images": entry["n_images"], "n_empty_both": entry["n_empty_both"],
-                         **{key: entry[key] for key in KEYS}})
+                         **{key: entry[key] for key in keys}})
     return {"kind": "cross-validation", "folds": folds, "version": __version__,
             "postprocess": result.config.to_dict(), "tune": result.to_dict(),
-            "mean": {key: defined_mean(f[key] for f in per_fold) for key in KEYS},
-            "sd": {key: _sd([f[key] for f in per_fold]) for key in KEYS},
-            "per_fold": per_fold, "out_of_fold": summarise(rows, counts, n_classes)}
+            "mean": {key: defined_mean(f[key] for f in per_fold) for key in keys},
+            "sd": {key: _sd([f[key] for f in per_fold]) for key in keys},
+            "per_fold": per_fold, "out_of_fold": _summary(rows, counts, n_classes, volumes)}
+
+
+def _summary(rows: list[dict], counts: list, n_classes: int, surface: bool) -> dict:
+    summary = summarise(rows, counts, n_classes)
+    return {**summary, **summarise_surface(rows)} if surface else summary
 
 
 def _sd(values: list[float]) -> float:

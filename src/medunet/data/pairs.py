@@ -231,8 +231,16 @@ def split_folds(pairs: Sequence[Pair], folds: int, seed: int, group_by: str | No
     come out as even as the groups allow.
 
     Raises:
-        DataError: fewer groups than folds, or a stem the regex does not match.
+        DataError: two cases of one name (train/ and validation/ are pooled, and each case's
+            out-of-fold file is named after it), fewer groups than folds, or a stem the regex does
+            not match.
     """
+    first: dict[str, Path] = {}
+    for p in pairs:
+        if p.stem in first:
+            raise DataError(f"{p.image}: the same name as {first[p.stem]}; cross-validation pools the splits "
+                            "and names each case's out-of-fold file after it: rename one")
+        first[p.stem] = p.image
     groups = [group_of(p, group_by) if group_by else p.stem for p in pairs]
     names = list(dict.fromkeys(groups))
     if len(names) < folds:

@@ -103,11 +103,13 @@ class CaseGrid:
         axis: the array axis (0 = Z, 1 = Y, 2 = X) slices are taken along.
         geometry: a slice's original `(H, W)` grid → the network's (`Geometry.network_shape`).
         shape: the volume's `(Z, Y, X)` shape.
+        spacing: its voxel size `(sz, sy, sx)` in mm, array order (for distances in mm).
     """
 
     axis: int
     geometry: Geometry
     shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None = None
 
     @property
     def n_slices(self) -> int:
@@ -135,16 +137,21 @@ def case_grid(geometry: VolumeGeometry, cfg: DataConfig) -> CaseGrid:
     """
     axis = slice_axis(geometry, cfg)
     h, w = in_plane(geometry.shape, axis)
+    return CaseGrid(axis, _slice_geometry(geometry, cfg, axis, h, w), tuple(geometry.shape),
+                    tuple(float(v) for v in geometry.spacing))
+
+
+def _slice_geometry(geometry: VolumeGeometry, cfg: DataConfig, axis: int, h: int, w: int) -> Geometry:
     target = cfg.target_spacing
     if not isinstance(target, tuple):
         if target not in (None, "off"):
             raise ValueError(f"target spacing {target!r} must be resolved by the plan first")
-        return CaseGrid(axis, Geometry.whole(h, w, cfg.input_scale), tuple(geometry.shape))
+        return Geometry.whole(h, w, cfg.input_scale)
     (sy, sx), (ty, tx), s = in_plane(geometry.spacing, axis), target, cfg.input_scale
     shape = (max(1, round(h * sy / (ty * s))), max(1, round(w * sx / (tx * s))))
     if s > 1 and shape == scaled_shape(h, w, s):  # on the target grid already: the integer path
-        return CaseGrid(axis, Geometry.whole(h, w, s), tuple(geometry.shape))
-    return CaseGrid(axis, Geometry.resampled(h, w, shape), tuple(geometry.shape))
+        return Geometry.whole(h, w, s)
+    return Geometry.resampled(h, w, shape)
 
 
 def to_slices(array: np.ndarray, axis: int) -> np.ndarray:

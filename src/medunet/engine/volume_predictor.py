@@ -13,7 +13,7 @@ mean over the ensemble's members on the original grid, nested as the ensemble is
 5-fold run and a single run weighs the two runs equally). Its post-processing is the ensemble's.
 
 Memory stays bounded for a CT-sized volume: only one chunk of slices' float32 probabilities exists
-at a time; the volume keeps uint8 class ids, and float16 probabilities only when they are asked for.
+at a time (an ensemble's: the running sum and one member's); the volume keeps uint8 class ids, and float16 probabilities only when they are asked for.
 """
 from __future__ import annotations
 
@@ -121,7 +121,11 @@ def _mean_probabilities(node: Segmenter, prepared: dict[str, tuple[np.ndarray, C
         inputs, grid = prepared[repr(node.data_cfg)]
         outputs = node.predict_normalised(list(context_stack(inputs, ks, node.data_cfg.context or 0)))
         return np.stack([grid.geometry.invert(o.probs) for o in outputs])
-    return np.mean([_mean_probabilities(m, prepared, ks) for m in node.members], axis=0)  # type: ignore[attr-defined]
+    members = node.members  # type: ignore[attr-defined]
+    total = _mean_probabilities(members[0], prepared, ks)
+    for member in members[1:]:   # a running sum: one member's chunk at a time beside it, not all K
+        total += _mean_probabilities(member, prepared, ks)
+    return total / len(members)
 
 
 def case_probabilities(predictor: Predictor, cache: VolumeCache) -> list[np.ndarray]:
