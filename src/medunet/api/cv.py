@@ -58,7 +58,9 @@ def train_folds(data: Path, out: Path, *, folds: int, data_cfg: DataConfig | Non
     """Cross-validate on `data` (train/ and validation/ together) in `folds` folds; returns `out`.
 
     Folds keep `data_cfg.group_by` groups (or cases) whole. With `cfg.time_budget`, the folds share
-    it: each gets what is left divided by the folds still to train, so the whole run ends in it.
+    it: each gets what is left divided by the folds still to train, so the last fold ends in it. The
+    out-of-fold tuning and scoring come after it: a 10-minute hippocampus run (208 cases, 2 CPU
+    cores) ended 22 s past its budget, and its cases' HD95/ASSD take 17 s more (as in `evaluate`).
     """
     cfg, data_cfg = cfg or TrainConfig(), data_cfg or DataConfig()
     if folds < 2:
