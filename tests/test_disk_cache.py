@@ -198,7 +198,9 @@ def test_bad_cache_value_is_one_line(disc_data: Path, tmp_path: Path) -> None:
     assert "--cache must be auto, ram or disk, got 'ssd'" in done.stderr
 
 
-def test_folds_on_the_disk_cache_match_the_ram_cache(disc_data: Path, tmp_path: Path) -> None:
+def test_folds_on_the_disk_cache_match_the_ram_cache(tmp_path: Path) -> None:
+    disc_data = tmp_path / "data"   # one split: cross-validation pools them, and names must not repeat
+    write_split(disc_data / "train", 11, [(64, 64), (48, 80)], seed=1)
     summaries = {}
     for cache in ("ram", "disk"):
         cfg = TrainConfig(epochs=1, batch=4, samples_per_epoch=8, device="cpu", preset="tiny", deterministic=True,
