@@ -109,7 +109,7 @@ class CaseGrid:
     axis: int
     geometry: Geometry
     shape: tuple[int, int, int]
-    spacing: tuple[float, float, float] | None = None
+    spacing: tuple[float, float, float]
 
     @property
     def n_slices(self) -> int:

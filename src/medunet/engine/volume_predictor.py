@@ -13,7 +13,8 @@ mean over the ensemble's members on the original grid, nested as the ensemble is
 5-fold run and a single run weighs the two runs equally). Its post-processing is the ensemble's.
 
 Memory stays bounded for a CT-sized volume: only one chunk of slices' float32 probabilities exists
-at a time (an ensemble's: the running sum and one member's); the volume keeps uint8 class ids, and float16 probabilities only when they are asked for.
+at a time (an ensemble's: the running sum and one member's); the volume keeps uint8 class ids, and
+float16 probabilities only when they are asked for.
 """
 from __future__ import annotations
 
