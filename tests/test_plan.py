@@ -62,10 +62,12 @@ def test_thin_structures_keep_full_resolution_and_large_objects_are_seen_smaller
     thin = plan_for(lines(512, 512, 7))
     assert thin.data.scale == 1 and thin.data.size == 256
     large = plan_for(discs(480, 560, 70))          # a lesion 140 px across in a 560×480 image
-    assert large.data.scale == 4                   # 70/4 ≥ 8 px thick, short side 480/4 ≥ 96
+    assert large.data.scale == 4                   # 70/4 ≥ 8 px thick, short side 480/4 ≥ 64
     assert large.data.size == 144                  # 140×120 at 1/4: the whole image, padded to 16s
-    small_images = plan_for(discs(200, 200, 60))   # thick, but a 200 px image stays ≥ 96 px only at 1/2
+    small_images = plan_for(discs(200, 200, 60))   # thick, but a 200 px image stays ≥ 64 px only at 1/2
     assert small_images.data.scale == 2
+    frames = plan_for(discs(288, 384, 50))         # a polyp-sized disc in a 384×288 frame
+    assert frames.data.scale == 4                  # 55/4 ≥ 8 px thick, short side 288/4 = 72 ≥ 64
     reasons = {c.name: c.reason for c in large.choices}
     assert f"{large.fingerprint.thinnest:.1f} px thick" in reasons["input scale"]
     assert "whole images" in reasons["crop"]
@@ -159,7 +161,7 @@ def write_disc_data(root: Path, n: int, h: int, w: int, r: int) -> Path:
 
 
 def test_a_planned_run_at_a_coarser_scale_predicts_full_size_masks(tmp_path: Path) -> None:
-    data = write_disc_data(tmp_path / "data", 4, 240, 200, 50)   # 200/2 ≥ 96 px; 200/4 is not
+    data = write_disc_data(tmp_path / "data", 4, 240, 200, 50)   # 200/2 ≥ 64 px; 200/4 is not
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), "--epochs", "2", "--samples-per-epoch", "8",
                  "--preset", "tiny", "--device", "cpu"]) == 0

@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 SCALES = (1, 2, 4)
 MIN_THICKNESS = 8.0        # pixels a structure keeps at the network's scale
-MIN_SIDE = 96              # pixels of the images' short side at the network's scale
+MIN_SIDE = 64              # pixels of the images' short side at the network's scale: 4 at the
+                           # bottom of the 16× downsampling; CVC's 288 px frames at 1/4 (72 px)
+                           # scored 0.41 → 0.59 over 1/2 (BENCHMARKS.md)
 CROP = 256                 # the crop side when images are larger
 WHOLE_IMAGE_AREA = 1.25 * CROP * CROP  # images up to this many pixels (scaled) train whole
 RARE_SHARE = 0.05          # foreground below this share of the pixels is oversampled
