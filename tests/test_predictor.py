@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,32 @@ def test_tta_averages_flipped_predictions() -> None:
              p.outputs([image])[0].probs]
     tta = _predictor(PredictConfig(tta="flips")).outputs([image])[0].probs
     np.testing.assert_allclose(tta, np.mean(flips, axis=0), atol=1e-5)
+
+
+def test_tta_keeps_to_the_mirror_images_training_showed(tiny_run: Path) -> None:
+    from medunet.config import AugmentConfig, augment_preset, from_dict, mirrored_views
+
+    assert mirrored_views(augment_preset("none")) == []
+    assert mirrored_views(augment_preset("flips")) == mirrored_views(augment_preset("default")) == [
+        "horizontal", "vertical", "both"]
+    assert mirrored_views(AugmentConfig(hflip_p=0.5)) == ["horizontal"]
+    image = np.random.default_rng(4).normal(size=(32, 48)).astype(np.float32)
+    model = _predictor(PredictConfig()).network.module
+
+    def tta(mirrored: list[str] | None) -> np.ndarray:
+        p = Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"),
+                      PredictConfig(tta="flips"), mirrored=mirrored)
+        return p.outputs([image])[0]
+
+    plain = _predictor(PredictConfig()).outputs([image])[0].probs
+    unseen = tta([])                      # trained without flips: TTA is the plain prediction
+    assert unseen.variance is None and np.array_equal(unseen.probs, plain)
+    mirrored = _predictor(PredictConfig()).outputs([image[:, ::-1].copy()])[0].probs[..., ::-1]
+    np.testing.assert_allclose(tta(["horizontal"]).probs, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(tta(None).probs, tta(["horizontal"]).probs, atol=1e-4)   # old checkpoints: all four
+    # a trained run records what its augmentation mirrored
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert load_checkpoint(tiny_run).data_summary["mirrored"] == mirrored_views(from_dict(AugmentConfig, config["augment"]))
 
 
 def test_tiles_agree_with_whole_image_inside() -> None:

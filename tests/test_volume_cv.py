@@ -76,7 +76,10 @@ def test_a_fold_average_predicts_the_mean_of_its_folds_on_each_volume(volume_cv)
     got = VolumePredictor(average).predict(volume, probabilities=True)
     assert got.probs.shape == each[0].shape and got.classes.shape == volume.array.shape
     assert np.allclose(got.probs.astype(np.float32), np.mean(each, axis=0), atol=2e-3)
-    assert np.array_equal(got.classes, np.mean(each, axis=0).argmax(axis=0))
+    mean = np.mean(each, axis=0)
+    top2 = np.sort(mean, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 4e-3   # the members come back as float16: a near-tie may go either way
+    assert clear.mean() > 0.5 and np.array_equal(got.classes[clear], mean.argmax(axis=0)[clear])
     nested = Ensemble([folds[0], Ensemble(folds[1:], PostprocessConfig(), cfg)], PostprocessConfig(), cfg)
     weighted = 0.5 * each[0] + 0.25 * (each[1] + each[2])   # each member counts once, however many it holds
     assert np.allclose(VolumePredictor(nested).predict(volume, probabilities=True).probs.astype(np.float32),

@@ -229,7 +229,7 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--engine", default="auto",
                    help="auto | torch | onnxruntime: what runs the network (onnxruntime: pip install 'medunet[onnx]')")
-    p.add_argument("--tta", default="none", help="none | flips: average the flipped predictions")
+    p.add_argument("--tta", default="none", help="none | flips: average the flipped predictions (the flips the network was trained with)")
     p.add_argument("--max-size", type=int, default=1024, help="larger images are predicted in tiles")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap (Gaussian-blended)")
     p.add_argument("--no-postprocess", action="store_true",

@@ -14,7 +14,7 @@ from medunet import __version__
 from medunet.io.outputs import check_free, clear, write_json
 from medunet.api.tune import tune
 from medunet.config import (AugmentConfig, DataConfig, ModelConfig, TrainConfig, augment_preset, from_dict,
-                            model_preset, replace, to_dict)
+                            mirrored_views, model_preset, replace, to_dict)
 from medunet.data.cache import Cache, RawSplit, area_stats, build_cache, index_split, read_split
 from medunet.data.disk_cache import DiskCache, cache_root, choose_cache, open_or_build
 from medunet.data.fingerprint import Fingerprint, fingerprint
@@ -239,7 +239,7 @@ def train_prepared(dataset: Dataset, out: Path, requested: TrainConfig, augment:
                           "measured_images_per_s": speeds}, origin, world.size)
     world.barrier()
     job = Job(out, data_cfg, augment, dataset.encoding, device, cfg.batch, progress, area_stats(dataset.train),
-              precision, data_summary(dataset), origin, world)
+              precision, data_summary(dataset, augment), origin, world)
     return _fit(model, (dataset.train, dataset.val), cfg, job, tune_after=tune_after)
 
 
@@ -280,15 +280,15 @@ def _initial_model(cfg: TrainConfig, dataset: Dataset, start: Checkpoint | None,
     return start.build_model(), origin
 
 
-def data_summary(dataset: Dataset) -> dict:
+def data_summary(dataset: Dataset, augment: AugmentConfig) -> dict:
     """What the model was trained on, for its model card: counts, image sizes (W×H, as stored),
-    channels, the labels and the pixel spacing when the files give one. Never file names: they may
-    carry patients' names."""
+    channels, the labels, the pixel spacing when the files give one, and the mirror images it saw
+    (test-time augmentation keeps to those). Never file names: they may carry patients' names."""
     fp = dataset.plan.fingerprint
     return {"train": len(dataset.train), "validation": len(dataset.val), "test": fp.n_test,
             "channels": dataset.data_cfg.channels, "labels": dataset.encoding.describe(why=False),
             "sizes": dict(fp.sizes), "distinct_sizes": fp.distinct_sizes,
-            "spacing_mm": list(fp.spacing) if fp.spacing else None}
+            "spacing_mm": list(fp.spacing) if fp.spacing else None, "mirrored": mirrored_views(augment)}
 
 
 def _spacing_or_none(path: Path) -> tuple[float, float] | None:

@@ -107,6 +107,20 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def mirrored_views(cfg: AugmentConfig) -> list[str]:
+    """The mirror images training shows the network: "horizontal", "vertical", "both" (a flip of
+    each axis, or a 180° turn). Test-time augmentation averages over these alone: a network that
+    never saw an image mirrored may read a mirrored one as other anatomy (anterior for posterior)."""
+    views = []
+    if cfg.hflip_p > 0:
+        views.append("horizontal")
+    if cfg.vflip_p > 0:
+        views.append("vertical")
+    if (cfg.hflip_p > 0 and cfg.vflip_p > 0) or cfg.rot90_p > 0:
+        views.append("both")
+    return views
+
+
 def augment_preset(name: str) -> AugmentConfig:
     """The AugmentConfig of a preset in AUGMENT_PRESETS; ConfigError names the choices."""
     if name not in AUGMENT_PRESETS:

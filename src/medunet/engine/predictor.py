@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,11 @@ from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry, default_geometry
 from medunet.transforms.preprocess import preprocess
 
+logger = logging.getLogger(__name__)
+
 # Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
 TTA_FLIPS = {"none": [()], "flips": [(), (-1,), (-2,), (-2, -1)]}
+MIRRORS = {(-1,): "horizontal", (-2,): "vertical", (-2, -1): "both"}   # as `mirrored_views` names them
 # Pixels through the network in one call, whatever the batch. On CUDA 32 images of 256² (the
 # training batch): whole 1024² images at batch 32 would need ~25 GB of activations in the 31 M
 # network. On a CPU batching buys nothing (the `small` preset infers 15.4 img/s at batch 1 and
@@ -76,6 +80,19 @@ class Segmenter:
         return self.encoding.decode(self.to_mask(self.probabilities([image])[0]))
 
 
+def tta_flips(tta: str, mirrored: list[str] | None) -> list[tuple[int, ...]]:
+    """The flips `tta` averages over, kept to the mirror images training showed the network
+    (`mirrored`; None, from checkpoints that do not record it: all of them). A network trained
+    without flips reads mirrored anatomy as other anatomy: on the hippocampus, trained without
+    augmentation, averaging all four flips gave Dice 0.03 instead of 0.88 (BENCHMARKS.md)."""
+    flips = [d for d in TTA_FLIPS[tta] if not d or mirrored is None or MIRRORS[d] in mirrored]
+    if len(flips) < len(TTA_FLIPS[tta]):
+        logger.warning("--tta %s: the network was trained with %s, so test-time augmentation averages %s",
+                       tta, "mirror images " + ", ".join(mirrored) if mirrored else "no mirror images",
+                       f"{len(flips)} of its {len(TTA_FLIPS[tta])} views" if len(flips) > 1 else "nothing (plain)")
+    return flips
+
+
 def effective_post(stored: PostprocessConfig | None, cfg: PredictConfig) -> PostprocessConfig:
     """The stored (tuned) post-processing, or the plain 0.5 threshold with `postprocess=False`, with
     the single steps `cfg` gives (threshold, keep_largest, fill_holes, min_size) applied over it."""
@@ -89,13 +106,15 @@ class Predictor(Segmenter):
 
     def __init__(self, network: UNet | Network, data_cfg: DataConfig, encoding: LabelEncoding,
                  device: torch.device, cfg: PredictConfig | None = None, post: PostprocessConfig | None = None,
-                 area_stats: dict | None = None, precision: Precision | None = None) -> None:
+                 area_stats: dict | None = None, precision: Precision | None = None,
+                 mirrored: list[str] | None = None) -> None:
         # A bare UNet (training's validation, tests) runs on the torch engine in `precision`.
         self.network: Network = TorchNetwork(network, device, precision) if isinstance(network, UNet) else network
         self.data_cfg = data_cfg
         self.encoding = encoding
         self.device = device
         self.cfg = cfg or PredictConfig()
+        self.flips = tta_flips(self.cfg.tta, mirrored)
         self.post = effective_post(post, self.cfg)  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
@@ -130,12 +149,14 @@ class Predictor(Segmenter):
 
             onnx_engine.check_precision(cfg.precision)
             network = onnx_engine.OnnxNetwork.from_module(model, dev)
-            return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg, post, ckpt.area_stats)
+            return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg, post, ckpt.area_stats,
+                       mirrored=ckpt.data_summary.get("mirrored"))
         if precision is None:
             precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.crop_size,
                                              cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
-        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, post, ckpt.area_stats, precision)
+        return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, post, ckpt.area_stats, precision,
+                   mirrored=ckpt.data_summary.get("mirrored"))
 
     @classmethod
     def from_onnx(cls, path: Path, cfg: PredictConfig | None = None) -> "Predictor":
@@ -148,7 +169,8 @@ class Predictor(Segmenter):
         onnx_engine.check_precision(cfg.precision)
         network, ckpt = onnx_engine.load(Path(path), resolve_device(cfg.device))
         return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg,
-                   PostprocessConfig.from_dict(ckpt.postprocess), ckpt.area_stats)
+                   PostprocessConfig.from_dict(ckpt.postprocess), ckpt.area_stats,
+                   mirrored=ckpt.data_summary.get("mirrored"))
 
     @property
     def sigmoid(self) -> bool:
@@ -183,7 +205,7 @@ class Predictor(Segmenter):
         """`(B, C, H, W)` → B outputs, averaging over the TTA flips."""
         x = torch.from_numpy(batch).to(self.device)
         members = []
-        for dims in TTA_FLIPS[self.cfg.tta]:
+        for dims in self.flips:
             xf = torch.flip(x, dims) if dims else x
             p = self._probabilities(xf)
             members.append(torch.flip(p, dims) if dims else p)
