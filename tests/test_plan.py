@@ -95,7 +95,7 @@ def test_augmentation_follows_how_often_the_run_sees_each_pixel() -> None:
     fixed = TrainConfig(preset="tiny", device="cpu", batch=8, steps_per_epoch=10)
     many = plan_for(lines(512, 512, 7), train=replace(fixed, epochs=2))
     few = plan_for(lines(512, 512, 7, n=400), train=replace(fixed, epochs=2))   # 100× the images: 0.1 times
-    assert many.train.augment == "default" and few.train.augment == "none"
+    assert many.train.augment == "default" and few.train.augment == "flips"
     assert "~10 times" in {c.name: c.reason for c in many.choices}["augmentation"]
     # 4 of 8 fingerprinted images are the validation split's: the same crops see the 4 that train 10 times
     pooled = fingerprint(raw_split(lines(512, 512, 7, n=8)), BINARY, n_validation=4)

@@ -18,10 +18,11 @@ few and stated in pixels, so a user can predict what they do on their own data:
   mostly spent validating);
 - validation: after every epoch, or every N epochs when it would cost more than VAL_SHARE of
   the training time and over MIN_VAL_SECONDS (and always after the last);
-- augmentation: none when the run looks at each pixel fewer than FEW_PASSES times (a large
-  dataset or a short budget: the data are the variety, and every transform, even a flip, only
-  slows the learning), else the `default` preset (flips, rotations, zoom, elastic, intensity),
-  which pays over many passes;
+- augmentation: when the run looks at each pixel fewer than FEW_PASSES times (a large dataset or
+  a short budget: the data are the variety, and heavier transforms only slow the learning), flips
+  alone for 2D images and none for volumes (their header fixes the orientation: a mirrored slice
+  shows anatomy prediction never meets, with its parts on the wrong sides); else the `default`
+  preset (flips, rotations, zoom, elastic, intensity), which pays over many passes;
 - length: with a time budget, the epochs that fit, from a timed training step on this device;
   without one, until validation has not improved for `patience` epochs.
 """
@@ -60,7 +61,7 @@ MIN_EPOCH_SECONDS = 20.0   # ... unless they would train for less than this: the
 MIN_STEPS_PER_EPOCH = 10
 VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
-FEW_PASSES = 10            # looks at each pixel under which the plan does not augment
+FEW_PASSES = 10            # looks at each pixel under which the plan augments with flips alone (2D) or not at all (volumes)
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
 
@@ -251,7 +252,7 @@ def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: floa
 
 def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None,
                   n_units: int) -> tuple[str, str]:
-    """`none` when the run sees each pixel fewer than FEW_PASSES times, else `default`."""
+    """Under FEW_PASSES looks at each pixel `flips` (2D) or `none` (volumes), else `default`."""
     heavy = "flips, 90° turns, rotation, zoom, elastic and intensity changes"
     if train.epochs is not None:
         crops = train.epochs * train.steps_per_epoch * (train.batch or 8)
@@ -264,8 +265,12 @@ def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: f
     units = "slices" if fp.volumes is not None else "images"
     seen = f"~{crops:,.0f} crops of the {n_units} {units} look at each pixel ~{passes:.0f} times"
     if passes < FEW_PASSES:
-        return "none", (f"none: {seen} (under {FEW_PASSES}): the data are the variety; any transform, even "
-                        "a flip, slows the learning, and --tta flips then averages nothing")
+        if fp.volumes is not None:
+            return "none", (f"none: {seen} (under {FEW_PASSES}): the data are the variety, and the volumes' "
+                            "orientation is fixed: a flip would put anatomy on the wrong side (--tta flips then "
+                            "averages nothing)")
+        return "flips", (f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier "
+                         "transforms slow the learning")
     return "default", f"{heavy}: {seen} (≥ {FEW_PASSES})"
 
 
