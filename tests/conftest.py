@@ -64,7 +64,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_split(data / "train", 8, sizes, seed=1)
     write_split(data / "validation", 3, sizes, seed=2)
     write_split(data / "test", 3, [(61, 77), (64, 64), (33, 90)], seed=3)
-    # flips, as the plan chose for so short a run before it chose none: the TTA tests need mirror images
+    # flips whatever the plan would choose: the TTA tests need a network trained with mirror images
     cfg = TrainConfig(epochs=2, batch=4, samples_per_epoch=8, device="cpu", preset="small", augment="flips")
     return train(data, root / "run", data_cfg=DataConfig(size=64), cfg=cfg, progress=False)
 

@@ -61,7 +61,8 @@ MIN_EPOCH_SECONDS = 20.0   # ... unless they would train for less than this: the
 MIN_STEPS_PER_EPOCH = 10
 VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
-FEW_PASSES = 10            # looks at each pixel under which the plan augments with flips alone (2D) or not at all (volumes)
+FEW_PASSES = 10            # looks at each pixel under which the plan augments 2D images with flips
+                           # alone and volumes not at all
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
 

@@ -141,7 +141,7 @@ class Predictor(Segmenter):
         if dev.type == "cpu":
             keep_freed_memory()
         model = ckpt.build_model()
-        post = PostprocessConfig.from_dict(ckpt.postprocess)
+        post, mirrored = PostprocessConfig.from_dict(ckpt.postprocess), ckpt.data_summary.get("mirrored")
         # Training hands its precision to tuning, which must see what validation saw: torch then.
         engine = "torch" if precision is not None else resolve_engine(cfg.engine, dev, cfg.precision)
         if engine == "onnxruntime":
@@ -150,13 +150,13 @@ class Predictor(Segmenter):
             onnx_engine.check_precision(cfg.precision)
             network = onnx_engine.OnnxNetwork.from_module(model, dev)
             return cls(network, ckpt.data_config, ckpt.encoding, network.device, cfg, post, ckpt.area_stats,
-                       mirrored=ckpt.data_summary.get("mirrored"))
+                       mirrored=mirrored)
         if precision is None:
             precision, _ = precisions.choose(cfg.precision, dev, model, model.cfg.in_channels, ckpt.data_config.crop_size,
                                              cfg.batch, train=False)
         model = model.to(dev, memory_format=precision.memory_format)
         return cls(model, ckpt.data_config, ckpt.encoding, dev, cfg, post, ckpt.area_stats, precision,
-                   mirrored=ckpt.data_summary.get("mirrored"))
+                   mirrored=mirrored)
 
     @classmethod
     def from_onnx(cls, path: Path, cfg: PredictConfig | None = None) -> "Predictor":
