@@ -92,13 +92,15 @@ def test_each_fold_is_planned_for_its_share_of_the_budget(tmp_path: Path) -> Non
 class Constant(Segmenter):
     """A stand-in member that predicts one probability everywhere."""
 
-    def __init__(self, p: float) -> None:
-        self.p, self.post, self.area_stats = p, PostprocessConfig(), {}
+    def __init__(self, p: float, variance: float | None = None) -> None:
+        self.p, self.variance, self.post, self.area_stats = p, variance, PostprocessConfig(), {}
         from medunet.data.encoding import LabelEncoding
         self.encoding = LabelEncoding((0, 255), "binary")
 
     def outputs(self, images, geometries=None):
-        return [Output(np.full((1, *im.shape[:2]), self.p, np.float32)) for im in images]
+        def full(value, image):
+            return None if value is None else np.full((1, *image.shape[:2]), value, np.float32)
+        return [Output(full(self.p, im), full(self.variance, im)) for im in images]
 
 
 def test_an_ensemble_averages_its_members_and_applies_its_own_post_processing() -> None:
@@ -107,6 +109,9 @@ def test_an_ensemble_averages_its_members_and_applies_its_own_post_processing() 
     ens = Ensemble([Constant(0.2), Constant(0.6)], PostprocessConfig(threshold=0.35), PredictConfig())
     out = ens.outputs([np.zeros((5, 7), np.uint8)])[0]
     assert np.allclose(out.probs, 0.4) and np.allclose(out.variance, 0.04)
+    # the mean of the members' own (TTA) variances: one member with a single view adds none
+    mixed = Ensemble([Constant(0.2, variance=0.01), Constant(0.6)], PostprocessConfig(), PredictConfig())
+    assert np.allclose(mixed.outputs([np.zeros((5, 7), np.uint8)])[0].variance, 0.04 + 0.01 / 2)
     assert ens.to_mask(out.probs).all()                      # 0.4 > the ensemble's 0.35
     plain = Ensemble([Constant(0.2), Constant(0.6)], PostprocessConfig(threshold=0.35), PredictConfig(postprocess=False))
     assert not plain.to_mask(out.probs).any()                # 0.5 without the tuned threshold

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from medunet.cli import main
 from medunet.config import DataConfig, ModelConfig, PredictConfig
 from medunet.data.encoding import LabelEncoding
 from medunet.engine.checkpoint import load_checkpoint
-from medunet.engine.predictor import Predictor
+from medunet.engine.predictor import Predictor, _warn_once
 from medunet.io.images import read_image
 from medunet.models.unet import UNet
 from medunet.transforms.geometry import Geometry
@@ -92,8 +93,8 @@ def test_tta_averages_flipped_predictions() -> None:
     np.testing.assert_allclose(tta, np.mean(flips, axis=0), atol=1e-5)
 
 
-def test_tta_keeps_to_the_mirror_images_training_showed(tiny_run: Path) -> None:
-    from medunet.config import AugmentConfig, augment_preset, from_dict, mirrored_views
+def test_tta_keeps_to_the_mirror_images_training_showed(tiny_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from medunet.config import AugmentConfig, augment_preset, mirrored_views
 
     assert mirrored_views(augment_preset("none")) == []
     assert mirrored_views(augment_preset("flips")) == mirrored_views(augment_preset("default")) == [
@@ -108,14 +109,18 @@ def test_tta_keeps_to_the_mirror_images_training_showed(tiny_run: Path) -> None:
         return p.outputs([image])[0]
 
     plain = _predictor(PredictConfig()).outputs([image])[0].probs
-    unseen = tta([])                      # trained without flips: TTA is the plain prediction
+    _warn_once.cache_clear()              # another test may have said it already
+    with caplog.at_level(logging.WARNING, logger="medunet"):
+        unseen = tta([])                  # trained without flips: TTA is the plain prediction
+        tta([])                           # a second member of the same ensemble: said once
     assert unseen.variance is None and np.array_equal(unseen.probs, plain)
+    assert sum("no mirror images" in r.getMessage() for r in caplog.records) == 1
     mirrored = _predictor(PredictConfig()).outputs([image[:, ::-1].copy()])[0].probs[..., ::-1]
     np.testing.assert_allclose(tta(["horizontal"]).probs, (plain + mirrored) / 2, atol=1e-5)
     assert not np.allclose(tta(None).probs, tta(["horizontal"]).probs, atol=1e-4)   # old checkpoints: all four
-    # a trained run records what its augmentation mirrored
-    config = json.loads((tiny_run / "config.json").read_text())
-    assert load_checkpoint(tiny_run).data_summary["mirrored"] == mirrored_views(from_dict(AugmentConfig, config["augment"]))
+    # a trained run records what its augmentation mirrored (tiny_run trains with flips)
+    assert json.loads((tiny_run / "config.json").read_text())["augment"]["hflip_p"] > 0
+    assert load_checkpoint(tiny_run).data_summary["mirrored"] == ["horizontal", "vertical", "both"]
 
 
 def test_tiles_agree_with_whole_image_inside() -> None:

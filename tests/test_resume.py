@@ -310,3 +310,18 @@ def test_default_stop_rule_does_not_depend_on_speed() -> None:
         assert trainer._epochs_left(state, TrainConfig(patience=10, max_epochs=6)) == 1
     demo = demo_config(seed=2)
     assert demo.time_budget is None and demo.epochs is not None and demo.seed == 2
+
+
+def test_resume_records_the_mirror_images_an_older_checkpoint_lacks(disc_data: Path, tmp_path: Path) -> None:
+    """Checkpoints before the record made `--tta flips` average all four views; a resumed run
+    takes the record from its config.json, so a run trained without flips stops averaging them."""
+    from medunet.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--epochs", "1", "--augment", "none", *ARGS]) == 0
+    path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    del ckpt.data_summary["mirrored"]
+    save_checkpoint(path, ckpt)
+    assert main(["-q", "train", str(disc_data), "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    assert load_checkpoint(path).data_summary["mirrored"] == []

@@ -28,7 +28,8 @@ def ct_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ct")
     data = volume_dataset(root / "data", {"train": 4, "validation": 1, "test": 2})
     run = root / "run"
-    assert main(["-q", "train", str(data), "--out", str(run), *SHORT]) == 0
+    # flips whatever the plan would choose (none, at so few passes): the TTA test needs mirrored views
+    assert main(["-q", "train", str(data), "--out", str(run), *SHORT, "--augment", "flips"]) == 0
     return data, run
 
 
@@ -78,6 +79,11 @@ def test_nifti_prediction_keeps_the_affine_codes_and_shape(ct_run: tuple[Path, P
         assert prob.shape == (*source.shape, 3) and prob.get_data_dtype() == np.float32
         assert (out / f"{name}_overlay.png").is_file()
     assert (out / "flags.csv").is_file()
+    plain = tmp_path / "plain"   # TTA flipped the 2.5D slices and their context: its average differs
+    assert main(["-q", "predict", str(run), str(data / "test" / "image" / "case_06.nii.gz"), "--out", str(plain),
+                 "--probabilities"]) == 0
+    tta_probs, plain_probs = (np.asarray(nib.load(d / "case_06_prob.nii.gz").dataobj) for d in (out, plain))
+    assert tta_probs.shape == plain_probs.shape and not np.allclose(tta_probs, plain_probs, atol=1e-4)
 
 
 def test_nrrd_and_mha_predictions_keep_their_geometry(ct_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def test_the_plan_tells_ct_from_mr_and_resamples_only_differing_grids(tmp_path: 
     assert -1000 < lo < 100 < hi < 400 and plan.data.ct_stats[1] > 0  # the foreground's range, in HU
     reasons = {c.name: c.reason for c in plan.choices}
     assert "air in HU" in reasons["normalisation"] and "keeps its own grid" in reasons["in-plane spacing"]
-    assert plan.train.augment == "none" and "orientation is fixed" in reasons["augmentation"]   # few passes
+    assert plan.train.augment == "none" and "never meets a mirrored slice" in reasons["augmentation"]   # few passes
     data, _ = mr_series_dataset(tmp_path / "mr", {"train": 4})
     mr = prepare_dataset(decode_dataset(data, DataConfig(), seed=0), DataConfig(), TINY, CPU).plan
     assert mr.data.normalise == "zscore" and mr.data.target_spacing == (0.825, 0.825)

@@ -356,8 +356,11 @@ def _resume(out: Path, overrides: TrainConfig, progress: bool, world: World = di
     check_batch(stored["batch"], world)
     # Measured again: the run may continue on another machine, where bf16 is emulated, say.
     precision = world.on_main(lambda: choose_precision(cfg, device, model, ckpt.data_config, stored["batch"])[0])
-    job = Job(out, ckpt.data_config, from_dict(AugmentConfig, stored["augment"]), ckpt.encoding, device,
-              stored["batch"], progress, ckpt.area_stats, precision, ckpt.data_summary, ckpt.origin, world)
+    augment = from_dict(AugmentConfig, stored["augment"])
+    # a run begun before checkpoints recorded their mirror images gets the record from config.json
+    summary = {"mirrored": mirrored_views(augment), **ckpt.data_summary}
+    job = Job(out, ckpt.data_config, augment, ckpt.encoding, device,
+              stored["batch"], progress, ckpt.area_stats, precision, summary, ckpt.origin, world)
     logger.info("resuming %s after epoch %d on %s, %s", out, ckpt.train.get("epoch", 0), device, precision.name)
     return _fit(model, caches, cfg, job, resume=ckpt.train)
 

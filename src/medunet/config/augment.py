@@ -107,6 +107,10 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The mirror views by name, as the image axes they flip (width is the last axis).
+MIRROR_AXES = {"horizontal": (-1,), "vertical": (-2,), "both": (-2, -1)}
+
+
 def mirrored_views(cfg: AugmentConfig) -> list[str]:
     """The mirror images training shows the network: "horizontal", "vertical", "both" (a flip of
     each axis, or a 180° turn). Test-time augmentation averages over these alone: a network that

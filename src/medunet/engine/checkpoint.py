@@ -34,7 +34,8 @@ class Checkpoint:
     train: dict[str, Any] = field(default_factory=dict)
     area_stats: dict[str, float] = field(default_factory=dict)  # training labels' foreground share
     # What the model was trained on, without file names (they may carry patients' names): counts,
-    # sizes, spacing; and where its first weights came from (`medunet train --init`, import-keras).
+    # sizes, spacing, the mirror images augmentation showed (which `--tta flips` keeps to); and
+    # where its first weights came from (`medunet train --init`, import-keras).
     data_summary: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)
     version: str = __version__

@@ -55,8 +55,9 @@ class Ensemble(Segmenter):
             mean = probs.mean(axis=0)
             variance = None
             if len(outs) > 1 or outs[0].variance is not None:
+                # a member with one view (no TTA, or none its training allows) adds no variance of its own
                 within = [o.variance for o in outs if o.variance is not None]
-                variance = probs.var(axis=0) + (np.mean(within, axis=0) if within else 0.0)
+                variance = probs.var(axis=0) + (np.sum(within, axis=0) / len(outs) if within else 0.0)
             results.append(Output(mean.astype(np.float32), None if variance is None else variance.astype(np.float32)))
         return results
 

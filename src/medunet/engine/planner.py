@@ -20,9 +20,10 @@ few and stated in pixels, so a user can predict what they do on their own data:
   the training time and over MIN_VAL_SECONDS (and always after the last);
 - augmentation: when the run looks at each pixel fewer than FEW_PASSES times (a large dataset or
   a short budget: the data are the variety, and heavier transforms only slow the learning), flips
-  alone for 2D images and none for volumes (their header fixes the orientation: a mirrored slice
-  shows anatomy prediction never meets, with its parts on the wrong sides); else the `default`
-  preset (flips, rotations, zoom, elastic, intensity), which pays over many passes;
+  alone for 2D images and none for volumes (measured on the hippocampus: prediction never meets
+  a mirrored slice, since the header fixes a volume's orientation, and with so few passes
+  mirrors cost more than they teach); else the `default` preset (flips, rotations, zoom,
+  elastic, intensity), which pays over many passes (measured on 2D sets; volumes get it too);
 - length: with a time budget, the epochs that fit, from a timed training step on this device;
   without one, until validation has not improved for `patience` epochs.
 """
@@ -267,8 +268,8 @@ def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: f
     seen = f"~{crops:,.0f} crops of the {n_units} {units} look at each pixel ~{passes:.0f} times"
     if passes < FEW_PASSES:
         if fp.volumes is not None:
-            return "none", (f"none: {seen} (under {FEW_PASSES}): the data are the variety, and the volumes' "
-                            "orientation is fixed: a flip would put anatomy on the wrong side (--tta flips then "
+            return "none", (f"none: {seen} (under {FEW_PASSES}): the data are the variety, and prediction never "
+                            "meets a mirrored slice (the header fixes a volume's orientation; --tta flips then "
                             "averages nothing)")
         return "flips", (f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier "
                          "transforms slow the learning")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from medunet.config import DataConfig, PredictConfig
+from medunet.config import MIRROR_AXES, DataConfig, PredictConfig
 from medunet.data.encoding import LabelEncoding
 from medunet.engine.checkpoint import Checkpoint, load_checkpoint
 from medunet.engine import postprocess
@@ -29,8 +30,8 @@ from medunet.transforms.preprocess import preprocess
 logger = logging.getLogger(__name__)
 
 # Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
-TTA_FLIPS = {"none": [()], "flips": [(), (-1,), (-2,), (-2, -1)]}
-MIRRORS = {(-1,): "horizontal", (-2,): "vertical", (-2, -1): "both"}   # as `mirrored_views` names them
+TTA_FLIPS = {"none": [()], "flips": [(), *MIRROR_AXES.values()]}
+MIRRORS = {axes: name for name, axes in MIRROR_AXES.items()}
 # Pixels through the network in one call, whatever the batch. On CUDA 32 images of 256² (the
 # training batch): whole 1024² images at batch 32 would need ~25 GB of activations in the 31 M
 # network. On a CPU batching buys nothing (the `small` preset infers 15.4 img/s at batch 1 and
@@ -87,10 +88,17 @@ def tta_flips(tta: str, mirrored: list[str] | None) -> list[tuple[int, ...]]:
     augmentation, averaging all four flips gave Dice 0.03 instead of 0.88 (BENCHMARKS.md)."""
     flips = [d for d in TTA_FLIPS[tta] if not d or mirrored is None or MIRRORS[d] in mirrored]
     if len(flips) < len(TTA_FLIPS[tta]):
-        logger.warning("--tta %s: the network was trained with %s, so test-time augmentation averages %s",
-                       tta, "mirror images " + ", ".join(mirrored) if mirrored else "no mirror images",
-                       f"{len(flips)} of its {len(TTA_FLIPS[tta])} views" if len(flips) > 1 else "nothing (plain)")
+        _warn_once(f"--tta {tta}: the network was trained with "
+                   + ("mirror images " + ", ".join(mirrored) if mirrored else "no mirror images")
+                   + ", so test-time augmentation averages "
+                   + (f"{len(flips)} of its {len(TTA_FLIPS[tta])} views" if len(flips) > 1 else "nothing (plain)"))
     return flips
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """Log `message` the first time only: the five members of a fold ensemble would repeat it."""
+    logger.warning(message)
 
 
 def effective_post(stored: PostprocessConfig | None, cfg: PredictConfig) -> PostprocessConfig:

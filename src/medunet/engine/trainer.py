@@ -72,7 +72,7 @@ class Job:
     progress: bool = True
     area_stats: dict = field(default_factory=dict)
     precision: Precision = field(default_factory=Precision)
-    data_summary: dict = field(default_factory=dict)   # counts and sizes, for the model card
+    data_summary: dict = field(default_factory=dict)   # counts, sizes, mirror images (model card, TTA)
     origin: dict = field(default_factory=dict)         # where the first weights came from (--init)
     world: World = field(default_factory=World)        # this process among the torchrun ranks
 
