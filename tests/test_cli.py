@@ -36,7 +36,7 @@ def test_train_evaluate_predict_through_the_cli(disc_data: Path, tmp_path: Path,
     for key in ("n_images", "dice_mean", "dice_global", "iou_mean", "precision_mean", "recall_mean",
                 "accuracy_mean"):
         assert key in summary
-    assert summary["n_images"] == 3
+    assert summary["n_images"] == 3 and summary["views"] == 1   # no --tta: one prediction per image
     rows = list(csv.DictReader((tmp_path / "eval" / "metrics.csv").open()))
     assert [r["stem"] for r in rows] == ["000", "001", "002"]
     assert "Dice (mean)" in capsys.readouterr().out

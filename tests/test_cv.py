@@ -112,6 +112,7 @@ def test_an_ensemble_averages_its_members_and_applies_its_own_post_processing() 
     # the mean of the members' own (TTA) variances: one member with a single view adds none
     mixed = Ensemble([Constant(0.2, variance=0.01), Constant(0.6)], PostprocessConfig(), PredictConfig())
     assert np.allclose(mixed.outputs([np.zeros((5, 7), np.uint8)])[0].variance, 0.04 + 0.01 / 2)
+    assert mixed.views == 2
     assert ens.to_mask(out.probs).all()                      # 0.4 > the ensemble's 0.35
     plain = Ensemble([Constant(0.2), Constant(0.6)], PostprocessConfig(threshold=0.35), PredictConfig(postprocess=False))
     assert not plain.to_mask(out.probs).any()                # 0.5 without the tuned threshold

@@ -117,6 +117,8 @@ def test_tta_keeps_to_the_mirror_images_training_showed(tiny_run: Path, caplog: 
     assert sum("no mirror images" in r.getMessage() for r in caplog.records) == 1
     mirrored = _predictor(PredictConfig()).outputs([image[:, ::-1].copy()])[0].probs[..., ::-1]
     np.testing.assert_allclose(tta(["horizontal"]).probs, (plain + mirrored) / 2, atol=1e-5)
+    assert [Predictor(model, DataConfig(), LabelEncoding((0, 255), "binary"), torch.device("cpu"),
+                      PredictConfig(tta="flips"), mirrored=m).views for m in ([], ["horizontal"], None)] == [1, 2, 4]
     assert not np.allclose(tta(None).probs, tta(["horizontal"]).probs, atol=1e-4)   # old checkpoints: all four
     # a trained run records what its augmentation mirrored (tiny_run trains with flips)
     assert json.loads((tiny_run / "config.json").read_text())["augment"]["hflip_p"] > 0

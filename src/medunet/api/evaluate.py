@@ -55,7 +55,8 @@ def evaluate(run: Path, split_dir: Path, out: Path | None = None, *, overwrite: 
         rows, all_counts = score(predictor, pairs, stage / "masks")
         summary = summarise(rows, all_counts, n_classes)
         summary.update(summarise_surface(rows))
-        summary.update(threshold=predictor.threshold, spacing_mm=list(given) if given else None,
+        # views: how many predictions each image's probabilities average (TTA keeps to trained mirrors)
+        summary.update(threshold=predictor.threshold, views=predictor.views, spacing_mm=list(given) if given else None,
                        run=str(run.resolve()), split_dir=str(split_dir.resolve()))
         if volumes:
             summary.update(VOLUME_SUMMARY)

@@ -51,14 +51,16 @@ class Output:
 class Segmenter:
     """What evaluate and predict use: probabilities at each image's full size, then a mask.
 
-    Subclasses give `outputs(images, geometries)`, `post` (threshold and clean-up), `encoding`
-    and `area_stats`: a single model (`Predictor`) or an average of several (`Ensemble`).
+    Subclasses give `outputs(images, geometries)`, `post` (threshold and clean-up), `encoding`,
+    `area_stats` and `views` (the predictions averaged per image: TTA flips × members): a single
+    model (`Predictor`) or an average of several (`Ensemble`).
     Probabilities are `(K, H, W)` float32: K = 1 (foreground, sigmoid) or K = C classes (softmax).
     """
 
     post: PostprocessConfig
     encoding: LabelEncoding
     area_stats: dict
+    views: int = 1
 
     def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
         raise NotImplementedError
@@ -123,6 +125,7 @@ class Predictor(Segmenter):
         self.device = device
         self.cfg = cfg or PredictConfig()
         self.flips = tta_flips(self.cfg.tta, mirrored)
+        self.views = len(self.flips)
         self.post = effective_post(post, self.cfg)  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
 
