@@ -46,7 +46,10 @@ class Ensemble(Segmenter):
         self.area_stats = members[0].area_stats
         self.cfg = cfg
         self.post = effective_post(post, cfg)
-        self.views = sum(m.views for m in members)
+
+    @property
+    def views(self) -> int:
+        return sum(m.views for m in self.members)
 
     def outputs(self, images: list[np.ndarray], geometries: list[Geometry | None] | None = None) -> list[Output]:
         per_member = [m.outputs(images, geometries) for m in self.members]

@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # Flip axes of the test-time augmentation members: identity, horizontal, vertical, both.
 TTA_FLIPS = {"none": [()], "flips": [(), *MIRROR_AXES.values()]}
-MIRRORS = {axes: name for name, axes in MIRROR_AXES.items()}
 # Pixels through the network in one call, whatever the batch. On CUDA 32 images of 256² (the
 # training batch): whole 1024² images at batch 32 would need ~25 GB of activations in the 31 M
 # network. On a CPU batching buys nothing (the `small` preset infers 15.4 img/s at batch 1 and
@@ -88,7 +87,8 @@ def tta_flips(tta: str, mirrored: list[str] | None) -> list[tuple[int, ...]]:
     (`mirrored`; None, from checkpoints that do not record it: all of them). A network trained
     without flips reads mirrored anatomy as other anatomy: on the hippocampus, trained without
     augmentation, averaging all four flips gave Dice 0.03 instead of 0.88 (BENCHMARKS.md)."""
-    flips = [d for d in TTA_FLIPS[tta] if not d or mirrored is None or MIRRORS[d] in mirrored]
+    shown = set(MIRROR_AXES.values()) if mirrored is None else {MIRROR_AXES[name] for name in mirrored}
+    flips = [d for d in TTA_FLIPS[tta] if not d or d in shown]
     if len(flips) < len(TTA_FLIPS[tta]):
         _warn_once(f"--tta {tta}: the network was trained with "
                    + ("mirror images " + ", ".join(mirrored) if mirrored else "no mirror images")
@@ -125,9 +125,12 @@ class Predictor(Segmenter):
         self.device = device
         self.cfg = cfg or PredictConfig()
         self.flips = tta_flips(self.cfg.tta, mirrored)
-        self.views = len(self.flips)
         self.post = effective_post(post, self.cfg)  # threshold and clean-up steps applied by to_mask
         self.area_stats = area_stats or {}  # foreground share of the training labels: min, max, mean
+
+    @property
+    def views(self) -> int:
+        return len(self.flips)
 
     @classmethod
     def load(cls, source: Path, cfg: PredictConfig | None = None) -> "Predictor":
