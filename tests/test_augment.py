@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter
 
-from medunet.config import AUGMENT_PRESETS, AugmentConfig, augment_preset, from_dict, to_dict
+from medunet.config import AUGMENT_PRESETS, AugmentConfig, augment_preset, from_dict, mirrored_views, to_dict
 from medunet.errors import ConfigError
 from medunet.transforms.augment import augment_batch
 
@@ -203,6 +203,10 @@ def test_presets_build_and_round_trip():
         assert from_dict(AugmentConfig, to_dict(cfg)) == cfg
     assert augment_preset("none") == AugmentConfig()
     assert augment_preset("flips") == AugmentConfig(hflip_p=0.5, vflip_p=0.5)
+    # upright: the default without mirrors and turns, so TTA has no mirror image to average
+    upright, default = augment_preset("upright"), augment_preset("default")
+    assert upright == dataclasses.replace(default, hflip_p=0.0, vflip_p=0.0, rot90_p=0.0)
+    assert mirrored_views(upright) == [] and mirrored_views(default) == ["horizontal", "vertical", "both"]
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -143,6 +143,9 @@ def test_the_plan_tells_ct_from_mr_and_resamples_only_differing_grids(tmp_path: 
     reasons = {c.name: c.reason for c in plan.choices}
     assert "air in HU" in reasons["normalisation"] and "keeps its own grid" in reasons["in-plane spacing"]
     assert plan.train.augment == "none" and "never meets a mirrored slice" in reasons["augmentation"]   # few passes
+    long = prepare_dataset(ct, DataConfig(), replace(TINY, epochs=400, samples_per_epoch=64), CPU).plan
+    assert long.train.augment == "upright"                                  # many passes: no mirrors still
+    assert "no mirrors or 90° turns" in {c.name: c.reason for c in long.choices}["augmentation"]
     data, _ = mr_series_dataset(tmp_path / "mr", {"train": 4})
     mr = prepare_dataset(decode_dataset(data, DataConfig(), seed=0), DataConfig(), TINY, CPU).plan
     assert mr.data.normalise == "zscore" and mr.data.target_spacing == (0.825, 0.825)

@@ -145,8 +145,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                                                            "validated and saved (e.g. 0.99; 0: off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", default="auto", help="augmentation preset: default | flips | seed | none "
-                                                     "(default: the plan's, by how often the run sees each pixel)")
+    p.add_argument("--augment", default="auto", help="augmentation preset: default | upright (no mirrors) | flips | "
+                                                     "seed | none (default: the plan's, by how often the run "
+                                                     "sees each pixel)")
     p.add_argument("--normalise", help="zscore | minmax | window | percentile | ct (default: the plan's; "
                                        "volumes: ct for CT, else z-score per volume)")
     p.add_argument("--window", type=_pair, help="LOW,HIGH intensity window (implies --normalise window)")

@@ -105,6 +105,11 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
                     gamma_p=0.3, gamma=0.3, noise_p=0.15, noise_std=0.1,
                     blur_p=0.1, blur_sigma=(0.5, 1.0), fill="reflect"),
 }
+# For data whose orientation is fixed (volumes: the header says where anterior and left lie), the
+# default without mirrors and 90° turns: prediction never meets a mirrored or turned slice, and on the
+# hippocampus (whose two labels are its anterior and posterior parts) they cost 0.016 (BENCHMARKS.md).
+AUGMENT_PRESETS["upright"] = {name: value for name, value in AUGMENT_PRESETS["default"].items()
+                              if name not in ("hflip_p", "vflip_p", "rot90_p")}
 
 
 # The mirror views by name, as the image axes they flip (width is the last axis).

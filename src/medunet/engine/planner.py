@@ -18,12 +18,12 @@ few and stated in pixels, so a user can predict what they do on their own data:
   mostly spent validating);
 - validation: after every epoch, or every N epochs when it would cost more than VAL_SHARE of
   the training time and over MIN_VAL_SECONDS (and always after the last);
-- augmentation: when the run looks at each pixel fewer than FEW_PASSES times (a large dataset or
-  a short budget: the data are the variety, and heavier transforms only slow the learning), flips
-  alone for 2D images and none for volumes (measured on the hippocampus: prediction never meets
-  a mirrored slice, since the header fixes a volume's orientation, and with so few passes
-  mirrors cost more than they teach); else the `default` preset (flips, rotations, zoom,
-  elastic, intensity), which pays over many passes (measured on 2D sets; volumes get it too);
+- augmentation: volumes are never mirrored or turned (the header fixes their orientation, so
+  prediction never meets a mirrored slice; on the hippocampus mirrors cost 0.016); when the run
+  looks at each pixel fewer than FEW_PASSES times (a large dataset or a short budget: the data are
+  the variety, and heavier transforms only slow the learning), flips alone for 2D images and none
+  for volumes; else the `default` preset (flips, rotations, zoom, elastic, intensity), which pays
+  over many passes on 2D sets, and for volumes `upright` (the same without mirrors and turns);
 - length: with a time budget, the epochs that fit, from a timed training step on this device;
   without one, until validation has not improved for `patience` epochs.
 """
@@ -63,7 +63,7 @@ MIN_STEPS_PER_EPOCH = 10
 VAL_SHARE = 0.05           # validation may cost this share of the training time
 MIN_VAL_SECONDS = 1.0      # ... unless it takes less than this: then it always runs
 FEW_PASSES = 10            # looks at each pixel under which the plan augments 2D images with flips
-                           # alone and volumes not at all
+                           # alone and volumes not at all (else `default` and `upright`)
 PROBE_STEPS = 2            # timed training steps for the budget estimate
 
 
@@ -254,14 +254,18 @@ def _val_every(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: floa
 
 def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: float | None,
                   n_units: int) -> tuple[str, str]:
-    """Under FEW_PASSES looks at each pixel `flips` (2D) or `none` (volumes), else `default`."""
-    heavy = "flips, 90° turns, rotation, zoom, elastic and intensity changes"
+    """Under FEW_PASSES looks at each pixel `flips` (2D) or `none` (volumes), else `default` (2D) or
+    `upright` (volumes: `default` without mirrors and turns)."""
+    many, heavy = "default", "flips, 90° turns, rotation, zoom, elastic and intensity changes"
+    if fp.volumes is not None:
+        many, heavy = "upright", ("rotation, zoom, elastic and intensity changes, no mirrors or 90° turns (a "
+                                  "volume's header fixes its orientation: prediction never meets a mirrored slice)")
     if train.epochs is not None:
         crops = train.epochs * train.steps_per_epoch * (train.batch or 8)
     elif train.time_budget is not None and rate:
         crops = train.time_budget * rate
     else:
-        return "default", f"{heavy}: training runs until it stops improving"
+        return many, f"{heavy}: training runs until it stops improving"
     image = _scaled_pixels(fp, data)
     passes = crops * min(data.crop_size ** 2, image) / (n_units * image)
     units = "slices" if fp.volumes is not None else "images"
@@ -273,7 +277,7 @@ def _augmentation(fp: Fingerprint, data: DataConfig, train: TrainConfig, rate: f
                             "averages nothing)")
         return "flips", (f"flips alone: {seen} (under {FEW_PASSES}): the data are the variety, heavier "
                          "transforms slow the learning")
-    return "default", f"{heavy}: {seen} (≥ {FEW_PASSES})"
+    return many, f"{heavy}: {seen} (≥ {FEW_PASSES})"
 
 
 def _validation_seconds(fp: Fingerprint, data: DataConfig, rate: float) -> float:
