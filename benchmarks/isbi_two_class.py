@@ -19,9 +19,7 @@ import numpy as np
 from common import OUT
 from PIL import Image
 
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(int(a.sum() + b.sum()), 1)
+from medunet.metrics import image_metrics
 
 
 def _prediction(folder: Path, stem: str) -> np.ndarray | None:
@@ -42,7 +40,9 @@ def scores(folder: Path, labels: Path) -> tuple[int, np.ndarray]:
         if pred is None:
             continue
         truth = np.asarray(Image.open(label)) > 127
-        rows.append((_dice(pred, truth), _dice(~pred, ~truth), float((pred != truth).mean())))
+        membranes = image_metrics(truth.astype(np.uint8), pred.astype(np.uint8), 2)
+        cells = image_metrics((~truth).astype(np.uint8), (~pred).astype(np.uint8), 2)
+        rows.append((membranes["dice"], cells["dice"], 1.0 - membranes["accuracy"]))
     if not rows:
         raise SystemExit(f"{folder}: no predictions for the labels in {labels}")
     return len(rows), np.mean(rows, axis=0)
